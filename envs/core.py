@@ -1,0 +1,153 @@
+"""The array view shared by every environment kind: :class:`EnvSpec` and :class:`TimeStep`.
+
+Whatever the environment (pure-JAX or PettingZoo), an algorithm sees the same arrays. For one
+environment copy, with ``A`` agents (``spec.agents`` order), ``D`` padded observation features,
+``nA`` padded actions and ``S`` global-state features:
+
+=================  ==============  =====================================================
+field              shape / dtype   meaning
+=================  ==============  =====================================================
+obs                [A, D] f32      observation after the step (the next episode's first
+                                   one when ``episode_done``); zero for absent agents;
+                                   padded with zeros to ``D``; agent-id one-hot last
+avail_actions      [A, nA] bool    legal discrete actions (all True for continuous);
+                                   padding actions are False
+state              [S] f32         global state (the environment's own, else the
+                                   documented construction in ``spec.state_source``)
+reward             [A] f32         reward of the step just taken
+done               [A] bool        the agent's part of the episode ended with this step
+                                   (terminated, truncated, died or left)
+episode_done       [] bool         the episode ended with this step; the copy auto-reset
+truncated          [] bool         the episode ended because of its time limit
+alive              [A] bool        the agent is present in ``obs`` (acts next step)
+episode_return     [A] f32         per-agent undiscounted return of the episode that
+                                   ended with this step (valid where ``episode_done``)
+episode_length     [] i32          its length in steps (valid where ``episode_done``)
+episode_won        [] bool         it was won (only where ``spec.has_win``)
+=================  ==============  =====================================================
+
+Batched environments put the copy axis first: ``[env, agent, ...]``; a rollout adds time in
+front: ``[time, env, agent, ...]``. Actions are ``int32 [.., A]`` (discrete) or
+``float32 [.., A, nA]`` (continuous, ``nA`` the padded action dimension).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+ActionType = Literal["discrete", "continuous"]
+
+
+class TimeStep(NamedTuple):
+    """One step of the array view (see the module docstring for shapes)."""
+
+    obs: Any
+    avail_actions: Any
+    state: Any
+    reward: Any
+    done: Any
+    episode_done: Any
+    truncated: Any
+    alive: Any
+    episode_return: Any
+    episode_length: Any
+    episode_won: Any
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Static description of an environment's array view.
+
+    Attributes:
+        name: registry name (or a description for an unregistered environment).
+        agents: agent names, in array order.
+        obs_sizes: flat observation size of each agent before padding.
+        agent_id: whether a one-hot agent id is appended to each observation.
+        action_type: ``"discrete"`` or ``"continuous"``.
+        action_sizes: number of actions (discrete) or action dimension (continuous) per agent.
+        state_dim: size of the global state.
+        state_source: ``"env"`` when the environment provides it, ``"concat_obs"`` when it is
+            the concatenation of every agent's unpadded observation (agent order, no ids).
+        max_steps: episode time limit, if known.
+        has_win: whether ``episode_won`` is meaningful.
+        turn_based: whether only one agent acts at a time (others have a single legal action
+            that is ignored).
+        action_low: per-agent lower bounds ``[A, nA]`` (continuous only).
+        action_high: per-agent upper bounds ``[A, nA]`` (continuous only).
+        agent_classes: groups of agents (e.g. adversaries / good agents), by name.
+    """
+
+    name: str
+    agents: tuple[str, ...]
+    obs_sizes: tuple[int, ...]
+    agent_id: bool
+    action_type: ActionType
+    action_sizes: tuple[int, ...]
+    state_dim: int
+    state_source: Literal["env", "concat_obs"]
+    max_steps: int | None = None
+    has_win: bool = False
+    turn_based: bool = False
+    action_low: tuple[tuple[float, ...], ...] | None = None
+    action_high: tuple[tuple[float, ...], ...] | None = None
+    agent_classes: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.agents)
+
+    @property
+    def raw_obs_dim(self) -> int:
+        """Largest observation size, before the agent id."""
+        return max(self.obs_sizes)
+
+    @property
+    def obs_dim(self) -> int:
+        """Padded observation size ``D`` (agent id included)."""
+        return self.raw_obs_dim + (self.num_agents if self.agent_id else 0)
+
+    @property
+    def num_actions(self) -> int:
+        """Padded action count (discrete) or action dimension (continuous), ``nA``."""
+        return max(self.action_sizes)
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Agents differ in observation size or action count."""
+        return len(set(self.obs_sizes)) > 1 or len(set(self.action_sizes)) > 1
+
+    def obs_mask(self) -> np.ndarray:
+        """``[A, D]`` bool: which observation features are real (not padding)."""
+        mask = np.zeros((self.num_agents, self.obs_dim), dtype=bool)
+        for i, size in enumerate(self.obs_sizes):
+            mask[i, :size] = True
+        if self.agent_id:
+            mask[:, self.raw_obs_dim :] = True
+        return mask
+
+    def action_mask(self) -> np.ndarray:
+        """``[A, nA]`` bool: which actions (or action dimensions) exist for each agent."""
+        mask = np.zeros((self.num_agents, self.num_actions), dtype=bool)
+        for i, size in enumerate(self.action_sizes):
+            mask[i, :size] = True
+        return mask
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary (used by ``marl envs``)."""
+        return {
+            "name": self.name,
+            "agents": list(self.agents),
+            "obs": [self.num_agents, self.obs_dim],
+            "obs_sizes": list(self.obs_sizes),
+            "action_type": self.action_type,
+            "actions": [self.num_agents, self.num_actions],
+            "action_sizes": list(self.action_sizes),
+            "state": [self.state_dim],
+            "state_source": self.state_source,
+            "max_steps": self.max_steps,
+            "has_win": self.has_win,
+            "turn_based": self.turn_based,
+        }

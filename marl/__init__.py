@@ -1,0 +1,1 @@
+"""marl: multi-agent reinforcement learning on JAX."""
