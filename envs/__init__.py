@@ -18,7 +18,9 @@ with mock.patch("builtins.print"):
     import jaxmarl  # noqa: F401
 
 from marl.envs.core import EnvSpec, TimeStep
+from marl.envs.export import JaxParallelEnv, to_pettingzoo
 from marl.envs.jax_env import ArrayEnvState, JaxArrayEnv
+from marl.envs.pettingzoo_vector import PettingZooVectorEnv, pettingzoo_vector_env
 from marl.envs.registry import EnvEntry, entry, make, make_array_env, names, register
 
 __all__ = [
@@ -26,10 +28,14 @@ __all__ = [
     "EnvEntry",
     "EnvSpec",
     "JaxArrayEnv",
+    "JaxParallelEnv",
+    "PettingZooVectorEnv",
     "TimeStep",
     "entry",
     "make",
     "make_array_env",
     "names",
+    "pettingzoo_vector_env",
     "register",
+    "to_pettingzoo",
 ]
