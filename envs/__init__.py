@@ -10,13 +10,7 @@
 The array layout (:class:`TimeStep`, :class:`EnvSpec`) is documented in :mod:`marl.envs.core`.
 """
 
-from unittest import mock
-
-# jaxmarl prints a notice about optional submodules on import (through a stdout that some of
-# its imports re-wrap, so redirect_stdout misses it); keep CLI output clean.
-with mock.patch("builtins.print"):
-    import jaxmarl  # noqa: F401
-
+from marl.envs import _quiet_jaxmarl  # noqa: F401  (first: imports jaxmarl quietly)
 from marl.envs.core import EnvSpec, TimeStep
 from marl.envs.export import JaxParallelEnv, to_pettingzoo
 from marl.envs.jax_env import ArrayEnvState, JaxArrayEnv

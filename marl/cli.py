@@ -80,6 +80,57 @@ def _jsonable(v: object) -> bool:
         return False
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from marl.config import compose
+
+    cfg = compose(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    _enable_compile_cache()
+    from marl.trainer import train
+
+    run_dir = train(cfg)
+    print(run_dir)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    _enable_compile_cache()
+    from marl.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir,
+        episodes=args.episodes,
+        greedy=args.greedy,
+        env_overrides=args.overrides,
+        step=args.step,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from marl.compare import cli as compare_cli
+
+    return compare_cli(args.run_dirs, args.out, args.metric)
+
+
+def _enable_compile_cache() -> None:
+    """Persistent XLA compilation cache: a second launch of a config skips its compile."""
+    import jax
+
+    cache = os.environ.get(
+        "MARL_COMPILE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "marl", "jax")
+    )
+    if cache and cache != "0":
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,12 +138,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="only these environments")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_envs)
+
+    p = sub.add_parser(
+        "train",
+        help="train from a config with Hydra overrides",
+        description="marl train env=mpe/simple_spread algo=mappo seed=3 "
+        "algo.lr=3e-4 num_seeds=4 (resume=<run dir> continues a run)",
+    )
+    p.add_argument("overrides", nargs="*", help="key=value Hydra overrides")
+    p.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved run (also on a PettingZoo env)")
+    p.add_argument("run_dir")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="env overrides, e.g. env=pz/mpe2_simple_spread env.workers=sync",
+    )
+    p.add_argument("--episodes", type=int, default=None, help="default: eval.episodes")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--greedy", dest="greedy", action="store_true", default=None)
+    g.add_argument("--sampled", dest="greedy", action="store_false")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="IQM with bootstrap CIs across runs, curves, table")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--metric", default="eval/episode_return")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marl`` console script."""
-    os.environ.setdefault("JAX_PLATFORMS", "cpu") if not os.environ.get("MARL_GPU") else None
+    os.environ.setdefault("WANDB_SILENT", "true")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

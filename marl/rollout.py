@@ -1,0 +1,231 @@
+"""Rollouts and evaluation on both environment kinds, feeding one PPO update.
+
+Pure-JAX environments: :func:`make_jax_update` fuses rollout (``lax.scan``) and update into
+one function that ``jit`` compiles and ``vmap`` maps over seeds. PettingZoo environments:
+:class:`HostRollout` steps the vectorized bridge on the host with the same jitted policy and
+the same update (:func:`make_update`).
+
+Per-update metrics leave the compiled program as sums and counts of finished episodes
+(``episodes``, ``return_sum`` of the mean-over-agents return, ``length_sum``, ``won_sum``) so
+the host can average them without a per-step transfer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from marl.envs.core import TimeStep
+from marl.policy import Policy, PolicyInput
+from marl.ppo import PPOConfig, TrainState, Transition, ppo_update
+
+
+class Runner(NamedTuple):
+    """Everything one seed's training carries from update to update."""
+
+    train: TrainState
+    env_state: Any  # None on the host path (the state lives in worker processes)
+    ts: TimeStep  # last step, [E, ...]
+    hidden: Any
+    first: jax.Array  # [E] the next observation starts an episode
+    key: jax.Array
+
+
+def policy_input(ts: TimeStep, first: jax.Array) -> PolicyInput:
+    """A one-step ``[1, E, ...]`` policy input from a ``[E, ...]`` time step."""
+    return jax.tree.map(
+        lambda x: x[None], PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
+    )
+
+
+def episode_sums(ts: TimeStep, has_win: bool) -> dict[str, jax.Array]:
+    """Sums over finished episodes of a ``[..., E]`` batch of time steps."""
+    d = ts.episode_done.astype(jnp.float32)
+    out = {
+        "episodes": d.sum(),
+        "return_sum": (ts.episode_return.mean(-1) * d).sum(),
+        "length_sum": (ts.episode_length * d).sum(),
+    }
+    if has_win:
+        out["won_sum"] = (ts.episode_won * d).sum()
+    return out
+
+
+def make_update(policy: Policy, cfg: PPOConfig, optimizer):
+    """``update(train, traj, hidden0, last_inp, last_hidden, key) -> (train, metrics)``."""
+
+    def update(train: TrainState, traj: Transition, hidden0, last_inp, last_hidden, key):
+        return ppo_update(policy, cfg, optimizer, train, traj, hidden0, last_inp, last_hidden, key)
+
+    return update
+
+
+def make_jax_update(env, policy: Policy, cfg: PPOConfig, optimizer, rollout_len: int):
+    """One training update of one seed on a pure-JAX environment: ``Runner -> (Runner,
+    metrics)``; scan it for several updates, vmap it over seeds."""
+    update = make_update(policy, cfg, optimizer)
+    has_win = env.spec.has_win
+
+    def step(carry, key):
+        params, env_state, ts, hidden, first = carry
+        k_act, k_env = jax.random.split(key)
+        inp = policy_input(ts, first)
+        hidden, action, logp, value = policy.act(params, hidden, inp, k_act)
+        env_state, ts_next = env.step_batch(k_env, env_state, action[0])
+        tr = Transition(
+            jax.tree.map(lambda x: x[0], inp),
+            action[0],
+            logp[0],
+            value[0],
+            ts_next.reward,
+            ts_next.episode_done,
+        )
+        stats = episode_sums(ts_next, has_win)
+        return (params, env_state, ts_next, hidden, ts_next.episode_done), (tr, stats)
+
+    def run(runner: Runner) -> tuple[Runner, dict[str, jax.Array]]:
+        key, k_roll, k_upd = jax.random.split(runner.key, 3)
+        carry = (runner.train.params, runner.env_state, runner.ts, runner.hidden, runner.first)
+        (_, env_state, ts, hidden, first), (traj, stats) = jax.lax.scan(
+            step, carry, jax.random.split(k_roll, rollout_len)
+        )
+        train, metrics = update(
+            runner.train, traj, runner.hidden, policy_input(ts, first), hidden, k_upd
+        )
+        metrics.update(jax.tree.map(jnp.sum, stats))
+        return Runner(train, env_state, ts, hidden, first, key), metrics
+
+    return run
+
+
+def make_jax_eval(env, policy: Policy, num_episodes: int, max_steps: int, greedy: bool):
+    """``evaluate(params, key) -> (returns [N], lengths [N], won [N])`` over the first
+    episode of ``num_episodes`` parallel copies (mean-over-agents undiscounted return)."""
+    steps = env.spec.max_steps or max_steps
+
+    def evaluate(params, key):
+        k_reset, k_run = jax.random.split(key)
+        env_state, ts = env.reset_batch(k_reset, num_episodes)
+        hidden = policy.initial_hidden(num_episodes)
+        first = jnp.ones((num_episodes,), bool)
+        zeros = jnp.zeros((num_episodes,))
+        init = (env_state, ts, hidden, first, jnp.zeros((num_episodes,), bool), zeros, zeros, zeros)
+
+        def step(carry, k):
+            env_state, ts, hidden, first, finished, ret, length, won = carry
+            k_act, k_env = jax.random.split(k)
+            hidden, action, _, _ = policy.act(
+                params, hidden, policy_input(ts, first), k_act, greedy=greedy
+            )
+            env_state, ts = env.step_batch(k_env, env_state, action[0])
+            new = ts.episode_done & ~finished
+            ret = jnp.where(new, ts.episode_return.mean(-1), ret)
+            length = jnp.where(new, ts.episode_length, length)
+            won = jnp.where(new, ts.episode_won, won)
+            return (
+                env_state,
+                ts,
+                hidden,
+                ts.episode_done,
+                finished | ts.episode_done,
+                ret,
+                length,
+                won,
+            ), None
+
+        (_, _, _, _, finished, ret, length, won), _ = jax.lax.scan(
+            step, init, jax.random.split(k_run, steps)
+        )
+        return ret, length, won, finished
+
+    return evaluate
+
+
+class HostRollout:
+    """Rollouts through a vectorized PettingZoo environment for ``S`` seeds at once: copies
+    ``[S * E]`` on the host, arrays ``[S, E, ...]`` for the jitted policy and update."""
+
+    def __init__(self, venv, policy: Policy, num_seeds: int, num_envs: int):
+        self.venv, self.policy = venv, policy
+        self.S, self.E = num_seeds, num_envs
+        self._act = jax.jit(
+            jax.vmap(
+                lambda p, h, inp, k, greedy=False: policy.act(p, h, inp, k, greedy),
+                in_axes=(0, 0, 0, 0),
+            )
+        )
+        self._act_greedy = jax.jit(
+            jax.vmap(lambda p, h, inp, k: policy.act(p, h, inp, k, True), in_axes=(0, 0, 0, 0))
+        )
+
+    def split(self, ts: TimeStep) -> TimeStep:
+        """``[S * E, ...]`` -> ``[S, E, ...]``."""
+        return jax.tree.map(lambda x: np.asarray(x).reshape(self.S, self.E, *x.shape[1:]), ts)
+
+    def reset(self, seed: int) -> TimeStep:
+        return self.split(self.venv.reset(seed=seed))
+
+    def rollout(self, params, ts: TimeStep, hidden, first, key, steps: int):
+        """``steps`` steps; returns the last ``(ts, hidden, first)``, the ``[S, T, E, ...]``
+        trajectory and the per-seed episode sums."""
+        trs, sums = [], []
+        keys = jax.random.split(key, steps * self.S).reshape(steps, self.S, -1)
+        for t in range(steps):
+            inp = jax.vmap(policy_input)(ts, first)
+            hidden, action, logp, value = self._act(params, hidden, inp, keys[t])
+            action_np = np.asarray(action[:, 0])
+            nxt = self.split(
+                self.venv.step(action_np.reshape(self.S * self.E, *action_np.shape[2:]))
+            )
+            trs.append(
+                Transition(
+                    jax.tree.map(lambda x: x[:, 0], inp),
+                    action[:, 0],
+                    logp[:, 0],
+                    value[:, 0],
+                    nxt.reward,
+                    nxt.episode_done,
+                )
+            )
+            sums.append(nxt)
+            ts, first = nxt, jnp.asarray(nxt.episode_done)
+        traj = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *trs)
+        steps_ts = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *sums)  # [S, T, E]
+        return ts, hidden, first, traj, steps_ts
+
+    def evaluate(self, params, key, num_episodes: int, greedy: bool, max_steps: int):
+        """Per-seed first-episode statistics of ``num_episodes`` episodes (``E`` copies in
+        rounds): arrays ``[S, num_episodes]``."""
+        rets = [[] for _ in range(self.S)]
+        lens = [[] for _ in range(self.S)]
+        wins = [[] for _ in range(self.S)]
+        act = self._act_greedy if greedy else self._act
+        round_ = 0
+        while min(len(r) for r in rets) < num_episodes:
+            ts = self.reset(
+                seed=int(jax.random.randint(jax.random.fold_in(key, round_), (), 0, 2**30))
+            )
+            hidden = jax.vmap(lambda _: self.policy.initial_hidden(self.E))(jnp.arange(self.S))
+            first = jnp.ones((self.S, self.E), bool)
+            finished = np.zeros((self.S, self.E), bool)
+            for t in range(max_steps):
+                k = jax.random.split(jax.random.fold_in(key, 1000 * round_ + t), self.S)
+                hidden, action, _, _ = act(params, hidden, jax.vmap(policy_input)(ts, first), k)
+                a = np.asarray(action[:, 0])
+                ts = self.split(self.venv.step(a.reshape(self.S * self.E, *a.shape[2:])))
+                new = ts.episode_done & ~finished
+                for s, e in zip(*np.nonzero(new), strict=True):
+                    rets[s].append(float(ts.episode_return[s, e].mean()))
+                    lens[s].append(float(ts.episode_length[s, e]))
+                    wins[s].append(float(ts.episode_won[s, e]))
+                finished |= ts.episode_done
+                first = jnp.asarray(ts.episode_done)
+                if finished.all():
+                    break
+            round_ += 1
+        cut = [np.asarray(x[s][:num_episodes]) for x in (rets, lens, wins) for s in range(self.S)]
+        S = self.S
+        return (np.stack(cut[:S]), np.stack(cut[S : 2 * S]), np.stack(cut[2 * S :]))

@@ -1,0 +1,519 @@
+"""``marl train``: the training loop around the jitted update, on both environment kinds.
+
+Training runs in chunks of updates between evaluations. On a pure-JAX environment one chunk
+is one compiled program (``lax.scan`` over updates, ``vmap`` over seeds); on a PettingZoo
+environment the rollout steps on the host and the update is the same jitted function. After
+each chunk the host logs the per-update metrics, evaluates, and checkpoints the whole training
+state (parameters, optimiser, environment state, PRNG key, counters), so a resumed run ends
+with the same metrics as an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from marl.agents import make_policy
+from marl.config import to_dict, validate
+from marl.envs.core import EnvSpec
+from marl.errors import ConfigError, MarlError
+from marl.ppo import PPOConfig, TrainState, ValueNorm
+from marl.rollout import HostRollout, Runner, make_jax_eval, make_jax_update, make_update
+
+
+class NonFiniteLoss(MarlError):
+    """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+    exit_code = 3
+
+
+# ------------------------------------------------------------------------------- environments
+def load_factory(path: str):
+    """``"module:callable"`` -> the callable."""
+    mod, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"env.factory {path!r} cannot be imported: {err}") from None
+
+
+def make_env(cfg: DictConfig, num_copies: int | None = None):
+    """The environment of ``cfg.env``: a :class:`JaxArrayEnv`, or for ``kind=pettingzoo`` a
+    vectorized bridge with ``num_copies`` copies."""
+    from marl import envs
+
+    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+    if cfg.env.kind == "jax":
+        return envs.make_array_env(cfg.env.name, agent_id=cfg.env.agent_id, **kwargs)
+    if not cfg.env.factory:
+        raise ConfigError("env.kind=pettingzoo needs env.factory ('module:callable')")
+    from functools import partial
+
+    from marl.envs.pettingzoo_vector import pettingzoo_vector_env
+
+    fn = partial(load_factory(cfg.env.factory), **kwargs)
+    return pettingzoo_vector_env(
+        fn, num_copies, name=cfg.env.name, mode=cfg.env.workers, agent_id=cfg.env.agent_id
+    )
+
+
+def ppo_config(algo: DictConfig) -> PPOConfig:
+    return PPOConfig(
+        gamma=algo.gamma,
+        gae_lambda=algo.gae_lambda,
+        clip_eps=algo.clip_eps,
+        value_clip_eps=algo.value_clip_eps,
+        ent_coef=algo.ent_coef,
+        vf_coef=algo.vf_coef,
+        update_epochs=algo.update_epochs,
+        num_minibatches=algo.num_minibatches,
+        value_norm=algo.value_norm,
+    )
+
+
+@dataclass
+class Schedule:
+    """How a run's updates split into chunks between evaluations."""
+
+    num_updates: int
+    steps_per_update: int
+    chunk: int
+
+    @staticmethod
+    def of(cfg: DictConfig) -> Schedule:
+        per = cfg.num_envs * cfg.algo.rollout_len
+        n = cfg.total_timesteps // per
+        if n < 1:
+            raise ConfigError(
+                f"total_timesteps={cfg.total_timesteps} is less than one update "
+                f"(num_envs x algo.rollout_len = {per})"
+            )
+        return Schedule(n, per, max(1, math.ceil(n / cfg.eval.num_evals)))
+
+    def chunks(self, start: int):
+        u = start
+        while u < self.num_updates:
+            n = min(self.chunk, self.num_updates - u)
+            yield u, n
+            u += n
+
+
+def _check_minibatches(cfg: DictConfig) -> None:
+    a = cfg.algo
+    if a.network.recurrent:
+        if cfg.num_envs % a.num_minibatches:
+            raise ConfigError(
+                f"recurrent policies split env copies into minibatches: num_envs="
+                f"{cfg.num_envs} must be a multiple of algo.num_minibatches="
+                f"{a.num_minibatches}"
+            )
+    elif (cfg.num_envs * a.rollout_len) % a.num_minibatches:
+        raise ConfigError("num_envs x algo.rollout_len must be a multiple of algo.num_minibatches")
+
+
+# ------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """One training run (several vmapped seeds) from a validated config."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.sched = Schedule.of(cfg)
+        _check_minibatches(cfg)
+        S, E = cfg.num_seeds, cfg.num_envs
+        self.S, self.E = S, E
+        self.kind = cfg.env.kind
+        self.env = make_env(cfg, S * E)
+        self.spec: EnvSpec = self.env.spec
+        self.policy = make_policy(cfg.algo, self.spec, self.sched.num_updates)
+        self.optimizer = self.policy.optimizer()
+        self.ppo = ppo_config(cfg.algo)
+        eval_steps = self.spec.max_steps or cfg.eval.max_steps
+        self.eval_steps = eval_steps
+        root = jax.random.PRNGKey(cfg.seed)
+        self.seed_keys = jax.random.split(root, S)
+        self.eval_key = jax.random.fold_in(root, 7919)
+        if self.kind == "jax":
+            run = make_jax_update(
+                self.env, self.policy, self.ppo, self.optimizer, cfg.algo.rollout_len
+            )
+
+            def chunk(runner, n):
+                return jax.lax.scan(lambda r, _: run(r), runner, None, length=n)
+
+            self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)), static_argnums=1)
+            self._eval = {}
+        else:
+            self.host = HostRollout(self.env, self.policy, S, E)
+            self._update = jax.jit(jax.vmap(make_update(self.policy, self.ppo, self.optimizer)))
+
+    # ---------------------------------------------------------------- state
+    def init_runner(self) -> Runner:
+        """Fresh training state, ``[S, ...]``."""
+        E = self.E
+
+        # Parameters seed by seed, not vmapped: vmapped initialisation of the GRU hangs
+        # XLA:CPU (jax 0.10.2); the rest of the state is vmapped over seeds.
+        init_params = jax.jit(self.policy.init)
+        keys = jax.vmap(lambda k: jax.random.split(k, 3))(self.seed_keys)
+        params = jax.tree.map(
+            lambda *x: jnp.stack(x), *[init_params(keys[s, 0]) for s in range(self.S)]
+        )
+
+        def init(key, params):
+            _, k_env, k_run = jax.random.split(key, 3)
+            train = TrainState(params, self.optimizer.init(params), ValueNorm.create())
+            if self.kind == "jax":
+                env_state, ts = self.env.reset_batch(k_env, E)
+            else:
+                env_state, ts = None, None
+            return Runner(
+                train, env_state, ts, self.policy.initial_hidden(E), jnp.ones((E,), bool), k_run
+            )
+
+        runner = jax.jit(jax.vmap(init))(self.seed_keys, params)
+        if self.kind != "jax":
+            runner = runner._replace(ts=self.host.reset(seed=int(self.cfg.seed)))
+        return runner
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, params, key, episodes: int, greedy: bool | None = None):
+        """Per-seed ``(returns, lengths, wins)`` ``[S, episodes]`` of ``params [S, ...]``."""
+        greedy = self.cfg.eval.greedy if greedy is None else greedy
+        if self.kind == "jax":
+            k = (episodes, greedy)
+            if k not in self._eval:
+                ev = make_jax_eval(self.env, self.policy, episodes, self.eval_steps, greedy)
+                self._eval[k] = jax.jit(jax.vmap(ev, in_axes=(0, None)))
+            ret, length, won, finished = jax.device_get(self._eval[k](params, key))
+            if not finished.all():
+                raise MarlError(
+                    f"evaluation episodes did not end within {self.eval_steps} "
+                    "steps; raise eval.max_steps"
+                )
+            return ret, length, won
+        return self.host.evaluate(params, key, episodes, greedy, self.eval_steps)
+
+    # ---------------------------------------------------------------- one chunk
+    def run_chunk(self, runner: Runner, n: int) -> tuple[Runner, dict[str, np.ndarray]]:
+        """``n`` updates; metrics ``[S, n]`` per name."""
+        if self.kind == "jax":
+            runner, metrics = self._chunk(runner, n)
+            return runner, jax.device_get(metrics)
+        rows = []
+        for _ in range(n):
+            key, k_roll, k_upd = jax.vmap(lambda k: jax.random.split(k, 3))(runner.key).swapaxes(
+                0, 1
+            )
+            hidden0 = runner.hidden
+            ts, hidden, first, traj, steps = self.host.rollout(
+                runner.train.params,
+                runner.ts,
+                runner.hidden,
+                runner.first,
+                k_roll[0],
+                self.cfg.algo.rollout_len,
+            )
+            last_inp = jax.vmap(lambda t, f: jax.tree.map(lambda x: x[None], _inp(t, f)))(ts, first)
+            train, metrics = self._update(runner.train, traj, hidden0, last_inp, hidden, k_upd)
+            metrics = jax.device_get(metrics)
+            d = steps.episode_done.astype(np.float32)  # [S, T, E]
+            metrics["episodes"] = d.sum((1, 2))
+            metrics["return_sum"] = (steps.episode_return.mean(-1) * d).sum((1, 2))
+            metrics["length_sum"] = (steps.episode_length * d).sum((1, 2))
+            if self.spec.has_win:
+                metrics["won_sum"] = (steps.episode_won * d).sum((1, 2))
+            rows.append(metrics)
+            runner = Runner(train, None, ts, hidden, first, key)
+        return runner, {k: np.stack([r[k] for r in rows], 1) for k in rows[0]}
+
+
+def _inp(ts, first):
+    from marl.policy import PolicyInput
+
+    return PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
+
+
+# ------------------------------------------------------------------------------- metrics
+def train_rows(
+    metrics: dict[str, np.ndarray], start: int, steps_per_update: int, has_win: bool, sps: float
+) -> list[dict[str, Any]]:
+    """Per-seed, per-update rows of the metrics of a chunk (``[S, n]`` arrays)."""
+    S, n = metrics["episodes"].shape
+    rows = []
+    for i in range(n):
+        u = start + i + 1
+        for s in range(S):
+            eps = float(metrics["episodes"][s, i])
+            row: dict[str, Any] = {"seed": s, "update": u, "env_steps": u * steps_per_update}
+            row["train/episode_return"] = float(metrics["return_sum"][s, i]) / eps if eps else None
+            row["train/episode_length"] = float(metrics["length_sum"][s, i]) / eps if eps else None
+            if has_win:
+                row["train/win_rate"] = float(metrics["won_sum"][s, i]) / eps if eps else None
+            row["train/episodes"] = eps
+            for k, v in metrics.items():
+                if "/" in k:
+                    row[k] = float(v[s, i])
+            row["perf/sps"] = sps
+            rows.append(row)
+    return rows
+
+
+def check_finite(metrics: dict[str, np.ndarray], start: int) -> None:
+    """Stop on a non-finite loss, naming the first bad update and seed."""
+    bad = ~np.isfinite(metrics["loss/total"])
+    if bad.any():
+        s, i = map(int, np.argwhere(bad)[0])
+        raise NonFiniteLoss(
+            f"non-finite loss at update {start + i + 1} (seed index {s}); "
+            "the run stops and keeps its last good checkpoint"
+        )
+
+
+def eval_rows(ret, length, won, update: int, env_steps: int, has_win: bool):
+    rows = []
+    for s in range(ret.shape[0]):
+        row = {
+            "seed": s,
+            "update": update,
+            "env_steps": env_steps,
+            "eval/episode_return": float(np.mean(ret[s])),
+            "eval/episode_return_std": float(np.std(ret[s])),
+            "eval/episode_length": float(np.mean(length[s])),
+            "eval/win_rate": float(np.mean(won[s])) if has_win else None,
+            "episodes": int(ret.shape[1]),
+        }
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------- entry point
+def experiment_name(cfg: DictConfig) -> str:
+    return cfg.experiment or f"{cfg.algo.name}-{cfg.env.name.replace('/', '-')}"
+
+
+def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
+    """Train from a validated config (or resume ``cfg.resume``); returns the run directory.
+
+    ``stop_after_chunks`` ends the run early after that many chunks (tests of resume).
+    """
+    from marl.checkpoint import Checkpointer
+    from marl.runlog import RunLogger, new_run_dir
+
+    resume_dir = Path(cfg.resume) if cfg.resume else None
+    if resume_dir is not None:
+        if not (resume_dir / "config.yaml").is_file():
+            raise ConfigError(f"resume={resume_dir}: not a run directory (no config.yaml)")
+        saved = OmegaConf.load(resume_dir / "config.yaml")
+        saved.resume = str(resume_dir)
+        cfg = validate(saved)
+        run_dir = resume_dir
+    else:
+        run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
+    trainer = Trainer(cfg, run_dir)
+    sched = trainer.sched
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep)
+    runner = trainer.init_runner()
+    best = {"params": runner.train.params, "score": np.full((trainer.S,), -np.inf, np.float32)}
+    start, evals_done = 0, 0
+    if resume_dir is not None:
+        template = {
+            "runner": runner,
+            "best_params": best["params"],
+            "best_score": jnp.asarray(best["score"]),
+        }
+        if trainer.kind != "jax":  # the environments live in worker processes
+            template["runner"] = runner._replace(ts=None)
+        state, meta = ckpt.restore(template)
+        runner = state["runner"]
+        if trainer.kind != "jax":
+            runner = runner._replace(
+                ts=trainer.host.reset(seed=int(cfg.seed) + meta["update"]),
+                first=jnp.ones_like(runner.first),
+            )
+        best = {"params": state["best_params"], "score": np.asarray(state["best_score"])}
+        start, evals_done = int(meta["update"]), int(meta["evals"])
+        print(f"resuming {run_dir} from update {start}/{sched.num_updates}", file=sys.stderr)
+    wb = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
+    if not wb.get("group"):
+        wb["group"] = experiment_name(cfg)
+    logger = RunLogger(
+        run_dir,
+        to_dict(cfg),
+        trainer.S,
+        wandb=wb,
+        resume_update=start if resume_dir is not None else None,
+    )
+    progress = _Progress(
+        cfg.logger.progress,
+        sched.num_updates * sched.steps_per_update,
+        start * sched.steps_per_update,
+    )
+    last_ckpt = None
+    try:
+        with progress:
+            for i, (u0, n) in enumerate(sched.chunks(start)):
+                t0 = time.perf_counter()
+                new_runner, metrics = trainer.run_chunk(runner, n)
+                check_finite(metrics, u0)
+                runner = new_runner
+                dt = time.perf_counter() - t0
+                sps = n * sched.steps_per_update * trainer.S / dt
+                update = u0 + n
+                env_steps = update * sched.steps_per_update
+                rows = train_rows(metrics, u0, sched.steps_per_update, trainer.spec.has_win, sps)
+                logger.log_train(rows)
+                ret, length, won = trainer.evaluate(
+                    runner.train.params,
+                    jax.random.fold_in(trainer.eval_key, evals_done),
+                    cfg.eval.episodes,
+                )
+                evals_done += 1
+                logger.log_eval(
+                    eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
+                )
+                score = ret.mean(1)
+                better = score > best["score"]
+                best["params"] = jax.tree.map(
+                    lambda b, p, m=better: jnp.where(m.reshape(-1, *[1] * (p.ndim - 1)), p, b),
+                    best["params"],
+                    runner.train.params,
+                )
+                best["score"] = np.where(better, score, best["score"])
+                last = rows[-trainer.S :]
+                progress.update(
+                    env_steps,
+                    sps,
+                    _mean([r["train/episode_return"] for r in last]),
+                    float(score.mean()),
+                )
+                final_chunk = update >= sched.num_updates
+                if final_chunk or evals_done % cfg.checkpoint.every_evals == 0:
+                    state = {
+                        "runner": runner if trainer.kind == "jax" else runner._replace(ts=None),
+                        "best_params": best["params"],
+                        "best_score": jnp.asarray(best["score"]),
+                    }
+                    last_ckpt = ckpt.save(
+                        update,
+                        state,
+                        {"update": update, "evals": evals_done, "env_steps": env_steps},
+                    )
+                if stop_after_chunks is not None and i + 1 >= stop_after_chunks:
+                    logger.close()
+                    ckpt.close()
+                    return run_dir
+        # the absolute metric: the best parameters over 10 x E episodes
+        n_abs = cfg.eval.episodes * cfg.eval.absolute_factor
+        a_ret, _, a_won = trainer.evaluate(
+            best["params"], jax.random.fold_in(trainer.eval_key, 10**6), n_abs
+        )
+        final_eval = eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
+        final = {
+            "absolute": [
+                {
+                    "seed": s,
+                    "eval/episode_return": float(a_ret[s].mean()),
+                    "eval/episode_return_std": float(a_ret[s].std()),
+                    "eval/win_rate": float(a_won[s].mean()) if trainer.spec.has_win else None,
+                    "episodes": n_abs,
+                }
+                for s in range(trainer.S)
+            ],
+            "final": final_eval,
+            "env_steps": env_steps,
+            "updates": update,
+        }
+        logger.write_final(final)
+        logger.plot()
+        if last_ckpt is not None:
+            logger.log_artifact(Path(last_ckpt), name=f"{experiment_name(cfg)}-checkpoint")
+        _summary(final, trainer.spec.has_win)
+    except NonFiniteLoss:
+        logger.close()
+        ckpt.close()
+        raise
+    except KeyboardInterrupt:
+        logger.close()
+        ckpt.close()
+        print(f"interrupted; continue with: marl train resume={run_dir}", file=sys.stderr)
+        raise
+    logger.close()
+    ckpt.close()
+    return run_dir
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _summary(final: dict, has_win: bool) -> None:
+    f = np.array([r["eval/episode_return"] for r in final["final"]])
+    a = np.array([r["eval/episode_return"] for r in final["absolute"]])
+    line = (
+        f"final eval/episode_return {f.mean():.3f} (over seeds: {np.round(f, 3).tolist()}); "
+        f"absolute {a.mean():.3f}"
+    )
+    if has_win:
+        w = np.array([r["eval/win_rate"] for r in final["final"]])
+        line += f"; eval/win_rate {w.mean():.3f}"
+    print(line)
+
+
+class _Progress:
+    """Steps, SPS, return and ETA on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        from rich.console import Console
+
+        self.enabled = enabled and Console(stderr=True).is_terminal
+        self.total, self.done = total, done
+        self._p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._p = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._p.__enter__()
+            self._task = self._p.add_task(
+                "train", total=self.total, completed=self.done, info="compiling..."
+            )
+        return self
+
+    def update(self, steps: int, sps: float, ret: float, eval_ret: float) -> None:
+        if self._p is not None:
+            self._p.update(
+                self._task,
+                completed=steps,
+                info=f"sps {sps:,.0f} return {ret:.2f} eval {eval_ret:.2f}",
+            )
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
