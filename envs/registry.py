@@ -197,11 +197,21 @@ def _smax_alive(env: Any, state: Any) -> Any:
     return state.state.unit_alive[: env.num_allies]
 
 
+def _smax_env(cls: type, scenario: Any, max_steps: int = 100, **kw: Any) -> Any:
+    """SMAX with episodes of exactly ``max_steps`` steps: JaxMARL's SMAX tests its time limit
+    before counting the step (as its MPE does), so ask it for one less."""
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigError(f"SMAX: max_steps must be a positive integer, got {max_steps!r}")
+    env = cls(scenario=scenario, max_steps=max_steps - 1, **kw)
+    env.episode_limit = max_steps
+    return env
+
+
 def _smax(map_name: str, description: str) -> None:
     from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
 
     def build(**kw: Any):
-        return HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name), **kw)
+        return _smax_env(HeuristicEnemySMAX, map_name_to_scenario(map_name), **kw)
 
     kwargs = _smax_kwargs()
     register(
@@ -229,7 +239,7 @@ def _smax_marines() -> None:
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"smax/marines: {key} must be a positive integer, got {v!r}")
         scenario = Scenario(jnp.zeros((N + M,), dtype=jnp.uint8), N, M, False, False)
-        return HeuristicEnemySMAX(scenario=scenario, **kw)
+        return _smax_env(HeuristicEnemySMAX, scenario, **kw)
 
     kwargs = {"N": 3, "M": None, **_smax_kwargs()}
     variants = tuple({"N": n} for n in (2, 3, 4, 5, 6, 8, 10))

@@ -135,7 +135,7 @@ def _check_groups(overrides: list[str]) -> None:
     for o in overrides:
         key, sep, value = o.partition("=")
         key = key.lstrip("+~")
-        if sep and key in ("env", "algo"):
+        if sep and key in ("env", "algo", "preset"):
             options = group_options(key)
             if value not in options:
                 raise unknown(key, value, options)

@@ -54,6 +54,8 @@ def evaluate_run(
     trained_spec_cfg = cfg.copy()
     if env_overrides:
         env_cfg = compose(list(env_overrides)).env
+        if not any(o.startswith("env.agent_id=") for o in env_overrides):
+            env_cfg.agent_id = cfg.env.agent_id  # the policy's input layout
         cfg.env = env_cfg
     episodes = episodes or cfg.eval.episodes
     # parameters are restored with the training environment's shapes ...

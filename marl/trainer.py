@@ -246,7 +246,12 @@ def _inp(ts, first):
 
 # ------------------------------------------------------------------------------- metrics
 def train_rows(
-    metrics: dict[str, np.ndarray], start: int, steps_per_update: int, has_win: bool, sps: float
+    metrics: dict[str, np.ndarray],
+    start: int,
+    steps_per_update: int,
+    has_win: bool,
+    sps: float,
+    elapsed: float,
 ) -> list[dict[str, Any]]:
     """Per-seed, per-update rows of the metrics of a chunk (``[S, n]`` arrays)."""
     S, n = metrics["episodes"].shape
@@ -265,6 +270,7 @@ def train_rows(
                 if "/" in k:
                     row[k] = float(v[s, i])
             row["perf/sps"] = sps
+            row["perf/elapsed_s"] = elapsed  # wall time since the run (or resume) started
             rows.append(row)
     return rows
 
@@ -360,6 +366,7 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         start * sched.steps_per_update,
     )
     last_ckpt = None
+    t_start = time.perf_counter()
     try:
         with progress:
             for i, (u0, n) in enumerate(sched.chunks(start)):
@@ -371,7 +378,14 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
                 sps = n * sched.steps_per_update * trainer.S / dt
                 update = u0 + n
                 env_steps = update * sched.steps_per_update
-                rows = train_rows(metrics, u0, sched.steps_per_update, trainer.spec.has_win, sps)
+                rows = train_rows(
+                    metrics,
+                    u0,
+                    sched.steps_per_update,
+                    trainer.spec.has_win,
+                    sps,
+                    time.perf_counter() - t_start,
+                )
                 logger.log_train(rows)
                 ret, length, won = trainer.evaluate(
                     runner.train.params,
@@ -435,6 +449,9 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
             "updates": update,
         }
         logger.write_final(final)
+        from marl.compare import to_marl_eval_json
+
+        logger.write_json("marl_eval.json", to_marl_eval_json(run_dir))
         logger.plot()
         if last_ckpt is not None:
             logger.log_artifact(Path(last_ckpt), name=f"{experiment_name(cfg)}-checkpoint")

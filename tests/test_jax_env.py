@@ -265,3 +265,17 @@ def test_restart_from_clones_a_state(spread):
     actions = jax.random.randint(jax.random.PRNGKey(1), (8, 3), 0, 5)
     _, ts = spread.step_batch(jax.random.PRNGKey(2), states, actions)
     assert not np.allclose(ts.obs[0], ts.obs[1])  # copies diverge under different actions
+
+
+def test_smax_episodes_last_max_steps():
+    env = make_array_env("smax/3m", max_steps=5)
+    assert env.spec.max_steps == 5
+    state, ts = env.reset(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
+    ends = []
+    for t in range(10):
+        state, ts = step(jax.random.PRNGKey(t), state, jnp.zeros((3,), jnp.int32))
+        ends.append(bool(ts.episode_done))
+        if ends[-1]:
+            assert int(ts.episode_length) == 5 and bool(ts.truncated)
+    assert ends == [False] * 4 + [True] + [False] * 4 + [True]
