@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from marl.envs.core import TimeStep
+from marl.errors import MarlError
 from marl.policy import Policy, PolicyInput
 from marl.ppo import PPOConfig, TrainState, Transition, ppo_update
 
@@ -226,6 +227,10 @@ class HostRollout:
                 if finished.all():
                     break
             round_ += 1
+            if not finished.any():
+                raise MarlError(
+                    f"no evaluation episode ended within {max_steps} steps; raise eval.max_steps"
+                )
         cut = [np.asarray(x[s][:num_episodes]) for x in (rets, lens, wins) for s in range(self.S)]
         S = self.S
         return (np.stack(cut[:S]), np.stack(cut[S : 2 * S]), np.stack(cut[2 * S :]))

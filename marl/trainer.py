@@ -186,6 +186,12 @@ class Trainer:
             runner = runner._replace(ts=self.host.reset(seed=int(self.cfg.seed)))
         return runner
 
+    def restart_host_envs(self, runner: Runner, update: int) -> Runner:
+        """Reset the worker copies with a seed derived from the update (after an evaluation
+        and on resume, so both paths see the same episodes)."""
+        ts = self.host.reset(seed=int(self.cfg.seed) + 1_000_003 * update)
+        return runner._replace(ts=ts, first=jnp.ones_like(runner.first))
+
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, params, key, episodes: int, greedy: bool | None = None):
         """Per-seed ``(returns, lengths, wins)`` ``[S, episodes]`` of ``params [S, ...]``."""
@@ -343,10 +349,7 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         state, meta = ckpt.restore(template)
         runner = state["runner"]
         if trainer.kind != "jax":
-            runner = runner._replace(
-                ts=trainer.host.reset(seed=int(cfg.seed) + meta["update"]),
-                first=jnp.ones_like(runner.first),
-            )
+            runner = trainer.restart_host_envs(runner, int(meta["update"]))
         best = {"params": state["best_params"], "score": np.asarray(state["best_score"])}
         start, evals_done = int(meta["update"]), int(meta["evals"])
         print(f"resuming {run_dir} from update {start}/{sched.num_updates}", file=sys.stderr)
@@ -393,6 +396,10 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
                     cfg.eval.episodes,
                 )
                 evals_done += 1
+                if trainer.kind != "jax":
+                    # evaluation stepped the same worker copies: restart them, seeded by the
+                    # update, as a resumed run does
+                    runner = trainer.restart_host_envs(runner, update)
                 logger.log_eval(
                     eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
                 )

@@ -144,9 +144,15 @@ def test_several_seeds_recurrent_ippo(tmp_path):
 
 
 def test_pettingzoo_training_and_evaluation(run, tmp_path):
-    pz = train(tiny(tmp_path, "env=pz/mpe2_simple_spread", "env.workers=sync"))
+    pz_cfg = ("env=pz/mpe2_simple_spread", "env.workers=sync")
+    pz = train(tiny(tmp_path / "a", *pz_cfg))
     m = rows(pz, "metrics.jsonl")
     assert len(m) == 16 and all(np.isfinite(r["loss/total"]) for r in m)
+    # resuming works here too: the worker copies restart, seeded by the update, after every
+    # evaluation and on resume, so the resumed run sees the same episodes
+    part = train(tiny(tmp_path / "b", *pz_cfg), stop_after_chunks=2)
+    resumed = train(compose([f"resume={part}"]))
+    assert rows(resumed, "metrics.jsonl") == m
     # the policy trained on JAX simple_spread, evaluated on mpe2 through the bridge
     from marl.evaluate import evaluate_run
 
