@@ -148,16 +148,31 @@ class Trainer:
                 self.env, self.policy, self.ppo, self.optimizer, cfg.algo.rollout_len
             )
 
-            def chunk(runner, n):
-                return jax.lax.scan(lambda r, _: run(r), runner, None, length=n)
+            one_seed = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), self._abstract_runner()
+            )
+            metrics_shape = jax.eval_shape(run, one_seed)[1]
 
-            self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)), static_argnums=1)
+            def chunk(runner, n):
+                # Always `sched.chunk` scan steps, the ones past `n` skipped: the shorter last
+                # chunk reuses the same compiled program instead of compiling its own.
+                def body(r, i):
+                    skip = (r, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
+                    return jax.lax.cond(i < n, run, lambda r: skip, r)
+
+                return jax.lax.scan(body, runner, jnp.arange(self.sched.chunk))
+
+            self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
             self._eval = {}
         else:
             self.host = HostRollout(self.env, self.policy, S, E)
             self._update = jax.jit(jax.vmap(make_update(self.policy, self.ppo, self.optimizer)))
 
     # ---------------------------------------------------------------- state
+    def _abstract_runner(self) -> Runner:
+        """Shapes of :meth:`init_runner`'s result, without computing it."""
+        return jax.eval_shape(self.init_runner)
+
     def init_runner(self) -> Runner:
         """Fresh training state, ``[S, ...]``."""
         E = self.E
@@ -214,8 +229,8 @@ class Trainer:
     def run_chunk(self, runner: Runner, n: int) -> tuple[Runner, dict[str, np.ndarray]]:
         """``n`` updates; metrics ``[S, n]`` per name."""
         if self.kind == "jax":
-            runner, metrics = self._chunk(runner, n)
-            return runner, jax.device_get(metrics)
+            runner, metrics = self._chunk(runner, jnp.int32(n))
+            return runner, jax.tree.map(lambda m: m[:, :n], jax.device_get(metrics))
         rows = []
         for _ in range(n):
             key, k_roll, k_upd = jax.vmap(lambda k: jax.random.split(k, 3))(runner.key).swapaxes(
