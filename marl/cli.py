@@ -90,6 +90,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     _enable_compile_cache()
+    from marl.parallel import init_distributed
+
+    d = cfg.distributed  # before anything starts JAX's backend (importing jaxmarl does)
+    init_distributed(d.coordinator, int(d.num_processes), int(d.process_id))
     from marl.trainer import train
 
     run_dir = train(cfg)

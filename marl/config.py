@@ -94,18 +94,27 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    coordinator: str | None = None  # host:port of process 0
+    num_processes: int = 1
+    process_id: int = 0
+
+
+@dataclass
 class TrainConfig:
     experiment: str | None = None  # default: <algo>-<env>
     seed: int = 0
     num_seeds: int = 1
     total_timesteps: int = 1_000_000
     num_envs: int = 16
+    devices: str = "1"  # data-parallel over local devices: a count or "all"
     resume: str | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 _CHOICES = {

@@ -21,12 +21,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from omegaconf import DictConfig, OmegaConf
 
 from marl.agents import make_policy
 from marl.config import to_dict, validate
 from marl.envs.core import EnvSpec
 from marl.errors import ConfigError, MarlError
+from marl.parallel import make_mesh, runner_shardings, select_devices, to_global
 from marl.ppo import PPOConfig, TrainState, ValueNorm
 from marl.rollout import HostRollout, Runner, make_jax_eval, make_jax_update, make_update
 
@@ -143,6 +145,11 @@ class Trainer:
         root = jax.random.PRNGKey(cfg.seed)
         self.seed_keys = jax.random.split(root, S)
         self.eval_key = jax.random.fold_in(root, 7919)
+        self.mesh = None
+        if self.kind == "jax" and str(cfg.devices) != "1":
+            devices = select_devices(str(cfg.devices), E)
+            if len(devices) > 1:
+                self.mesh = make_mesh(devices)
         if self.kind == "jax":
             run = make_jax_update(
                 self.env, self.policy, self.ppo, self.optimizer, cfg.algo.rollout_len
@@ -162,7 +169,14 @@ class Trainer:
 
                 return jax.lax.scan(body, runner, jnp.arange(self.sched.chunk))
 
-            self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+            if self.mesh is None:
+                self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+            else:
+                self._shardings = runner_shardings(self.mesh, self._abstract_runner())
+                replicated = NamedSharding(self.mesh, PartitionSpec())
+                self._chunk = jax.jit(
+                    jax.vmap(chunk, in_axes=(0, None)), out_shardings=(self._shardings, replicated)
+                )
             self._eval = {}
         else:
             self.host = HostRollout(self.env, self.policy, S, E)
@@ -197,6 +211,8 @@ class Trainer:
             )
 
         runner = jax.jit(jax.vmap(init))(self.seed_keys, params)
+        if self.mesh is not None and hasattr(self, "_shardings"):
+            runner = to_global(runner, self._shardings)
         if self.kind != "jax":
             runner = runner._replace(ts=self.host.reset(seed=int(self.cfg.seed)))
         return runner
@@ -211,6 +227,8 @@ class Trainer:
     def evaluate(self, params, key, episodes: int, greedy: bool | None = None):
         """Per-seed ``(returns, lengths, wins)`` ``[S, episodes]`` of ``params [S, ...]``."""
         greedy = self.cfg.eval.greedy if greedy is None else greedy
+        if jax.process_count() > 1:  # every process evaluates a local copy of the parameters
+            params = jax.tree.map(np.asarray, params)
         if self.kind == "jax":
             k = (episodes, greedy)
             if k not in self._eval:
@@ -229,6 +247,8 @@ class Trainer:
     def run_chunk(self, runner: Runner, n: int) -> tuple[Runner, dict[str, np.ndarray]]:
         """``n`` updates; metrics ``[S, n]`` per name."""
         if self.kind == "jax":
+            if self.mesh is not None:  # e.g. a runner restored from a checkpoint
+                runner = to_global(runner, self._shardings)
             runner, metrics = self._chunk(runner, jnp.int32(n))
             return runner, jax.tree.map(lambda m: m[:, :n], jax.device_get(metrics))
         rows = []
@@ -338,6 +358,9 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     from marl.runlog import RunLogger, new_run_dir
 
     resume_dir = Path(cfg.resume) if cfg.resume else None
+    multi_process = jax.process_count() > 1
+    if multi_process and resume_dir is not None:
+        raise ConfigError("resume is not supported in multi-process training yet")
     if resume_dir is not None:
         if not (resume_dir / "config.yaml").is_file():
             raise ConfigError(f"resume={resume_dir}: not a run directory (no config.yaml)")
@@ -345,11 +368,18 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         saved.resume = str(resume_dir)
         cfg = validate(saved)
         run_dir = resume_dir
-    else:
+    elif jax.process_index() == 0:
         run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
+    else:  # other processes of a multi-process run log nothing
+        run_dir = Path(cfg.logger.root) / experiment_name(cfg) / f"process-{jax.process_index()}"
     trainer = Trainer(cfg, run_dir)
     sched = trainer.sched
-    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep)
+    if multi_process:
+        # Checkpoints hold numpy copies of every leaf; gathering environment states across
+        # hosts is not implemented yet, so multi-process runs are not checkpointed.
+        ckpt = _NoCheckpoints()
+    else:
+        ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep)
     runner = trainer.init_runner()
     best = {"params": runner.train.params, "score": np.full((trainer.S,), -np.inf, np.float32)}
     start, evals_done = 0, 0
@@ -371,13 +401,16 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     wb = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
     if not wb.get("group"):
         wb["group"] = experiment_name(cfg)
-    logger = RunLogger(
-        run_dir,
-        to_dict(cfg),
-        trainer.S,
-        wandb=wb,
-        resume_update=start if resume_dir is not None else None,
-    )
+    if jax.process_index() == 0:
+        logger = RunLogger(
+            run_dir,
+            to_dict(cfg),
+            trainer.S,
+            wandb=wb,
+            resume_update=start if resume_dir is not None else None,
+        )
+    else:
+        logger = _NoLogger()
     progress = _Progress(
         cfg.logger.progress,
         sched.num_updates * sched.steps_per_update,
@@ -473,7 +506,8 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         logger.write_final(final)
         from marl.compare import to_marl_eval_json
 
-        logger.write_json("marl_eval.json", to_marl_eval_json(run_dir))
+        if jax.process_index() == 0:
+            logger.write_json("marl_eval.json", to_marl_eval_json(run_dir))
         logger.plot()
         if last_ckpt is not None:
             logger.log_artifact(Path(last_ckpt), name=f"{experiment_name(cfg)}-checkpoint")
@@ -490,6 +524,21 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     logger.close()
     ckpt.close()
     return run_dir
+
+
+class _NoCheckpoints:
+    def save(self, *args, **kwargs):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _NoLogger:
+    """The logger of the non-primary processes of a multi-process run."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def _mean(xs):
