@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from marl.errors import ConfigError, unknown
+from marl.ppo import PPOConfig
 
 
 @dataclass
@@ -40,7 +41,9 @@ class NetworkSchema:
 
 
 @dataclass
-class AlgoConfig:
+class AlgoConfig(PPOConfig):
+    """The PPO hyperparameters (:class:`marl.ppo.PPOConfig`) and the policy's."""
+
     name: str = "mappo"
     centralised_critic: bool = True
     share_params: bool = True
@@ -49,15 +52,6 @@ class AlgoConfig:
     anneal_lr: bool = True
     max_grad_norm: float = 0.5
     rollout_len: int = 128
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    value_clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    value_norm: bool = True
     network: NetworkSchema = field(default_factory=NetworkSchema)
 
 

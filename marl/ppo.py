@@ -17,7 +17,7 @@ import optax
 from marl.policy import Policy, PolicyInput
 
 
-@dataclass(frozen=True)
+@dataclass
 class PPOConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95

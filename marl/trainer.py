@@ -10,6 +10,7 @@ with the same metrics as an uninterrupted one on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import sys
@@ -70,17 +71,8 @@ def make_env(cfg: DictConfig, num_copies: int | None = None):
 
 
 def ppo_config(algo: DictConfig) -> PPOConfig:
-    return PPOConfig(
-        gamma=algo.gamma,
-        gae_lambda=algo.gae_lambda,
-        clip_eps=algo.clip_eps,
-        value_clip_eps=algo.value_clip_eps,
-        ent_coef=algo.ent_coef,
-        vf_coef=algo.vf_coef,
-        update_epochs=algo.update_epochs,
-        num_minibatches=algo.num_minibatches,
-        value_norm=algo.value_norm,
-    )
+    """The PPO part of an algorithm config."""
+    return PPOConfig(**{f.name: algo[f.name] for f in dataclasses.fields(PPOConfig)})
 
 
 @dataclass
