@@ -1068,6 +1068,14 @@ def _default_context() -> str | None:
     return "fork" if "fork" in methods else None
 
 
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def pettingzoo_vector_env(
     env_fn: Callable[[], Any],
     num_envs: int,
@@ -1092,8 +1100,9 @@ def pettingzoo_vector_env(
         num_envs: number of copies ``E``.
         name: ``spec.name`` (default: the env's ``metadata["name"]``).
         mode: ``"async"`` (worker processes) or ``"sync"`` (in-process, for debugging).
-        num_workers: worker processes for ``"async"`` (default ``min(num_envs, cpu count)``);
-            each holds ``ceil(num_envs / num_workers)`` copies.
+        num_workers: worker processes for ``"async"`` (default: ``num_envs`` or the cores
+            given to this process, the fewer); each holds ``ceil(num_envs / num_workers)``
+            copies.
         agent_id: append a one-hot agent id to each observation.
         seed: seed of the first ``reset(None)`` (default: a random one).
         aec_mode: how AEC envs are stepped; only ``"turn"`` (one agent per vector step).
@@ -1119,7 +1128,7 @@ def pettingzoo_vector_env(
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ConfigError(f"max_steps must be a positive int or None, got {max_steps!r}")
     if num_workers is None:
-        num_workers = min(num_envs, os.cpu_count() or 1)
+        num_workers = min(num_envs, _cores())
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ConfigError(f"num_workers must be a positive int, got {num_workers!r}")
     num_workers = min(num_workers, num_envs)

@@ -30,6 +30,7 @@ class EnvConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     agent_id: bool = True
     workers: str = "async"  # pettingzoo: async (processes) | sync (in process)
+    num_workers: int | None = None  # pettingzoo worker processes (default: the cores given)
 
 
 @dataclass

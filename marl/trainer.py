@@ -66,7 +66,12 @@ def make_env(cfg: DictConfig, num_copies: int | None = None):
 
     fn = partial(load_factory(cfg.env.factory), **kwargs)
     return pettingzoo_vector_env(
-        fn, num_copies, name=cfg.env.name, mode=cfg.env.workers, agent_id=cfg.env.agent_id
+        fn,
+        num_copies,
+        name=cfg.env.name,
+        mode=cfg.env.workers,
+        agent_id=cfg.env.agent_id,
+        num_workers=cfg.env.num_workers,
     )
 
 
