@@ -124,7 +124,7 @@ def _check_minibatches(cfg: DictConfig) -> None:
 class Trainer:
     """One training run (several vmapped seeds) from a validated config."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, *, resume: bool = False):
+    def __init__(self, cfg: DictConfig, run_dir: Path | None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.sched = Schedule.of(cfg)
