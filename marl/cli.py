@@ -89,11 +89,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
-    _enable_compile_cache()
     from marl.parallel import init_distributed
 
-    d = cfg.distributed  # before anything starts JAX's backend (importing jaxmarl does)
+    # first: anything that starts JAX's backend (importing jaxmarl, setting up the
+    # compilation cache) must come after joining a multi-process run
+    d = cfg.distributed
     init_distributed(d.coordinator, int(d.num_processes), int(d.process_id))
+    _enable_compile_cache()
     from marl.trainer import train
 
     run_dir = train(cfg)
@@ -120,6 +122,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from marl.compare import cli as compare_cli
 
     return compare_cli(args.run_dirs, args.out, args.metric)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from marl.bench import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def _enable_compile_cache() -> None:
@@ -172,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory")
     p.add_argument("--metric", default="eval/episode_return")
     p.set_defaults(func=_cmd_compare)
+
+    # `marl bench ...` hands every argument to the benchmark's own parser (see main)
+    p = sub.add_parser("bench", help="speed benchmarks (scripts/bench.py); --help for options")
+    p.set_defaults(func=_cmd_bench, bench_args=[])
     return parser
 
 
@@ -179,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marl`` console script."""
     os.environ.setdefault("WANDB_SILENT", "true")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        args = argparse.Namespace(command="bench", func=_cmd_bench, bench_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except MarlError as err:

@@ -13,12 +13,13 @@ rollout, ``[T, E, A, ...]`` (time, environment copy, agent).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import jax
 import optax
 
-from marl.envs.core import EnvSpec
+if TYPE_CHECKING:  # importing marl.envs imports jaxmarl, which starts JAX's backend
+    from marl.envs.core import EnvSpec
 
 
 class PolicyInput(NamedTuple):

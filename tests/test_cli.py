@@ -82,3 +82,11 @@ def test_console_script_exit_code():
     )
     assert r.returncode == 2
     assert "unknown config key 'foo'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_does_not_start_jax_backend():
+    """`marl train` joins a multi-process run before JAX's backend starts: composing the
+    config must not import jaxmarl (whose import creates arrays)."""
+    code = "import sys, marl.config; print('jaxmarl' in sys.modules, 'marl.envs' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "False"], r.stderr

@@ -1,0 +1,1034 @@
+"""Speed benchmarks: environment stepping, training throughput, scaling and compile times.
+
+    python scripts/bench.py                   # the full measurement (about 10 minutes on 2 cores)
+    python scripts/bench.py --quick           # every section with tiny sizes (smoke test)
+    python scripts/bench.py --only env,train  # some sections
+    python scripts/bench.py --jaxmarl-repo /tmp/jaxmarl   # + JaxMARL's own IPPO as reference
+
+Sections (``--only``): ``env`` (pure-JAX stepping: JaxMARL's dict API against the array view),
+``pz`` (mpe2 through PettingZoo: plain loop, bridge sync/async, jitted policy in the loop),
+``train`` (PPO updates per second through :class:`marl.trainer.Trainer`), ``jaxmarl`` (JaxMARL's
+``baselines/IPPO/ippo_ff_mpe.py`` train function, imported from a checkout given by
+``--jaxmarl-repo``), ``scaling`` (number of envs, number of vmapped seeds) and ``compile``
+(first launch with an empty persistent compilation cache and a second, cached launch, each in
+a fresh process).
+
+Every throughput is the median over ``--repeats`` (>= 3) timed repeats after a warm-up call;
+compile time is reported apart (the first call, or ``lower().compile()`` where it can be split
+off). Results: a rich table on stdout and JSON (``--out``) with the machine description.
+``main(argv)`` is the entry point of both ``scripts/bench.py`` and ``marl bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SECTIONS = ("env", "pz", "train", "jaxmarl", "scaling", "compile")
+ENV_NAMES = ("mpe/simple_spread", "smax/3m")
+
+#: Targets: key -> (description, comparison, threshold, unit).
+TARGETS: dict[str, tuple[str, str, float, str]] = {
+    "ippo_vs_jaxmarl": (
+        "training throughput, JaxMARL's IPPO config vs JaxMARL's IPPO baseline",
+        ">=",
+        1.5,
+        "x",
+    ),
+    "first_compile": ("first compile of default training (to first update)", "<", 10.0, "s"),
+    "cached_launch": ("cached second launch to first update", "<", 3.0, "s"),
+    "array_view": ("array view vs raw JaxMARL stepping (worst size)", ">=", 0.95, "x"),
+    "bridge_2_workers": ("bridge async 2 workers vs in-process plain loop", ">=", 1.6, "x"),
+    "policy_in_loop": ("jitted policy in the loop vs random-action stepping", ">=", 0.8, "x"),
+    "seeds_8_vs_1": ("wall time of 8 vmapped seeds vs 1, same steps per seed", "<=", 4.0, "x"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one benchmark run (``quick`` or full)."""
+
+    quick: bool
+    repeats: int
+    env_sizes: tuple[int, ...]
+    env_target_steps: dict[str, int]
+    env_max_scan: int
+    pz_sizes: tuple[int, ...]
+    pz_steps: int
+    train_target_steps: int
+    pz_train_updates: int
+    scaling_envs: tuple[int, ...]
+    seeds: tuple[int, ...]
+    seeds_updates: int
+    jaxmarl_timesteps: int
+    jaxmarl_repeats: int
+
+    @staticmethod
+    def make(quick: bool, repeats: int | None = None) -> Settings:
+        if quick:
+            return Settings(
+                quick=True,
+                repeats=max(3, repeats or 3),
+                env_sizes=(16,),
+                env_target_steps={"mpe/simple_spread": 1024, "smax/3m": 512},
+                env_max_scan=64,
+                pz_sizes=(8,),
+                pz_steps=30,
+                train_target_steps=2 * 16 * 128,
+                pz_train_updates=1,
+                scaling_envs=(8,),
+                seeds=(1, 2),
+                seeds_updates=32,  # = the 8-env row's updates: its measurement is reused
+                jaxmarl_timesteps=2 * 16 * 128,
+                jaxmarl_repeats=3,
+            )
+        return Settings(
+            quick=False,
+            repeats=max(3, repeats or 3),
+            env_sizes=(1, 16, 256, 1024, 4096),
+            env_target_steps={"mpe/simple_spread": 262_144, "smax/3m": 65_536},
+            env_max_scan=2000,
+            pz_sizes=(8, 16),
+            pz_steps=300,
+            train_target_steps=100_000,
+            pz_train_updates=2,
+            scaling_envs=(16, 64, 256),
+            seeds=(1, 4, 8),
+            seeds_updates=4,
+            jaxmarl_timesteps=1_000_000,
+            jaxmarl_repeats=3,
+        )
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _block(x: Any) -> Any:
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, JAX backend and library versions."""
+    import jax
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    cache = jax.config.jax_compilation_cache_dir
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "versions": {
+            p: _version(p)
+            for p in ("jax", "jaxlib", "jaxmarl", "flax", "optax", "pettingzoo", "mpe2", "numpy")
+        },
+        "persistent_compile_cache": cache or None,
+        "load_avg_start": list(os.getloadavg()),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    v = m["versions"]
+    return (
+        f"{m['cpu_model']}, {m['cpu_usable']} cores, JAX {v['jax']} (jaxlib {v['jaxlib']}, "
+        f"backend {m['jax_backend']}), jaxmarl {v['jaxmarl']}, flax {v['flax']}, "
+        f"Python {m['python']}"
+    )
+
+
+def _timed_repeats(fn: Callable[[int], Any], repeats: int) -> list[float]:
+    """Seconds of ``fn(i)`` for ``i < repeats`` (``fn`` blocks until its result is ready)."""
+    out = []
+    for i in range(repeats):
+        t0 = _now()
+        fn(i)
+        out.append(_now() - t0)
+    return out
+
+
+# ---------------------------------------------------------------------- 1. pure-JAX stepping
+def _raw_runner(env: Any, n: int, T: int):
+    """jit(lax.scan over jax.vmap(env.step)) with uniform random actions, JaxMARL's dict API
+    and its own auto-reset; outputs are reduced into the carry so XLA cannot drop them."""
+    import jax
+    import jax.numpy as jnp
+
+    agents = tuple(env.agents)
+    sizes = [int(env.action_space(a).n) for a in agents]
+
+    def body(carry, key):
+        state, acc = carry
+        k_act, k_step = jax.random.split(key)
+        ka = jax.random.split(k_act, len(agents))
+        actions = {a: jax.random.randint(ka[i], (n,), 0, sizes[i]) for i, a in enumerate(agents)}
+        obs, state, reward, dones, _ = jax.vmap(env.step)(
+            jax.random.split(k_step, n), state, actions
+        )
+        acc = acc + sum(jnp.sum(o) for o in jax.tree.leaves(obs))
+        acc = acc + sum(jnp.sum(reward[a]) for a in agents) + jnp.sum(dones["__all__"])
+        return (state, acc), None
+
+    def run(state, key):
+        (state, acc), _ = jax.lax.scan(body, (state, jnp.float32(0)), jax.random.split(key, T))
+        return state, acc
+
+    def init(key):
+        return jax.vmap(env.reset)(jax.random.split(key, n))[1]
+
+    return jax.jit(run), jax.jit(init)
+
+
+def _view_runner(view: Any, n: int, T: int, randint: bool = False):
+    """The same scan over the array view: ``step_batch`` with ``random_actions`` (or, with
+    ``randint``, uniform actions that ignore ``avail_actions``, as the raw loop draws them)."""
+    import jax
+    import jax.numpy as jnp
+
+    nA = view.spec.num_actions
+
+    def body(carry, key):
+        state, ts, acc = carry
+        k_act, k_step = jax.random.split(key)
+        if randint:
+            actions = jax.random.randint(k_act, ts.avail_actions.shape[:-1], 0, nA)
+        else:
+            actions = view.random_actions(k_act, ts.avail_actions)
+        state, ts = view.step_batch(k_step, state, actions)
+        acc = acc + jnp.sum(ts.obs) + jnp.sum(ts.state) + jnp.sum(ts.reward)
+        acc = acc + jnp.sum(ts.episode_done)
+        return (state, ts, acc), None
+
+    def run(carry, key):
+        state, ts = carry
+        (state, ts, acc), _ = jax.lax.scan(
+            body, (state, ts, jnp.float32(0)), jax.random.split(key, T)
+        )
+        return (state, ts), acc
+
+    def init(key):
+        return view.reset_batch(key, n)
+
+    return jax.jit(run), jax.jit(init)
+
+
+def _measure_scan(run, init, T: int, n: int, repeats: int) -> dict[str, Any]:
+    import jax
+
+    key = jax.random.PRNGKey(0)
+    carry = _block(init(key))
+    t0 = _now()
+    compiled = run.lower(carry, key).compile()
+    compile_s = _now() - t0
+    _block(compiled(carry, jax.random.PRNGKey(1)))  # warm-up
+    keys = [jax.random.PRNGKey(2 + i) for i in range(repeats)]
+    times = _timed_repeats(lambda i: _block(compiled(carry, keys[i])), repeats)
+    med = _median(times)
+    return {
+        "compile_s": compile_s,
+        "times_s": times,
+        "steps": n * T,
+        "steps_per_s": n * T / med,
+    }
+
+
+def bench_env(s: Settings, names: Sequence[str] = ENV_NAMES) -> list[dict[str, Any]]:
+    """Steps/s (copies x steps) of raw JaxMARL stepping and of the array view."""
+    from marl import envs
+
+    rows = []
+    for name in names:
+        view = envs.make_array_env(name)
+        for n in s.env_sizes:
+            target = s.env_target_steps.get(name, s.env_target_steps["smax/3m"])
+            T = max(8, min(s.env_max_scan, target // n))
+            raw = _measure_scan(*_raw_runner(view.env, n, T), T, n, s.repeats)
+            ours = _measure_scan(*_view_runner(view, n, T), T, n, s.repeats)
+            ratio = ours["steps_per_s"] / raw["steps_per_s"]
+            row = {"env": name, "num_envs": n, "scan_len": T, "raw": raw, "ours": ours}
+            row["ratio"] = ratio
+            if not s.quick:
+                # diagnostic: the array view with the raw loop's action sampler (randint,
+                # ignoring avail_actions), to split the sampler's cost from the view's
+                diag = _measure_scan(*_view_runner(view, n, T, randint=True), T, n, s.repeats)
+                row["ours_randint"] = diag
+                row["ratio_randint"] = diag["steps_per_s"] / raw["steps_per_s"]
+            rows.append(row)
+            _log(
+                f"env {name} x{n}: raw {raw['steps_per_s']:,.0f}/s, ours "
+                f"{ours['steps_per_s']:,.0f}/s ({ratio:.2f}x)"
+            )
+    return rows
+
+
+# ------------------------------------------------------------------- 1b. PettingZoo stepping
+def _mpe2_factory():
+    from mpe2 import simple_spread_v3
+
+    return simple_spread_v3.parallel_env(max_cycles=25)
+
+
+def _plain_loop(E: int, steps: int, repeats: int) -> dict[str, Any]:
+    """mpe2 in a plain Python loop over ``E`` envs; a reset (when ``env.agents`` is empty)
+    is not a step: only ``env.step`` calls count."""
+    rng = np.random.default_rng(0)
+    envs_ = [_mpe2_factory() for _ in range(E)]
+    for i, e in enumerate(envs_):
+        e.reset(seed=i)
+    agents = list(envs_[0].possible_agents)
+    nA = int(envs_[0].action_space(agents[0]).n)
+    counts: list[int] = []
+    resets: list[int] = []
+
+    def block(_i: int) -> None:
+        real, rs = 0, 0
+        for _ in range(steps):
+            acts = rng.integers(0, nA, size=(E, len(agents)))
+            for i, e in enumerate(envs_):
+                if not e.agents:
+                    e.reset()
+                    rs += 1
+                e.step({a: int(acts[i, j]) for j, a in enumerate(e.agents)})
+                real += 1
+        counts.append(real)
+        resets.append(rs)
+
+    block(-1)  # warm-up
+    counts.clear()
+    resets.clear()
+    times = _timed_repeats(block, repeats)
+    sps = [c / t for c, t in zip(counts, times, strict=True)]
+    for e in envs_:
+        e.close()
+    return {
+        "times_s": times,
+        "steps": counts[0],
+        "resets": resets[0],
+        "steps_per_s": _median(sps),
+    }
+
+
+def _bridge(E: int, steps: int, repeats: int, mode: str, workers: int | None) -> dict[str, Any]:
+    from marl.envs.pettingzoo_vector import pettingzoo_vector_env
+
+    rng = np.random.default_rng(0)
+    kw = {"num_workers": workers} if mode == "async" else {}
+    with pettingzoo_vector_env(_mpe2_factory, E, mode=mode, **kw) as venv:
+        A, nA = venv.spec.num_agents, venv.spec.num_actions
+        venv.reset(seed=0)
+
+        def block(_i: int) -> None:
+            for _ in range(steps):
+                venv.step(rng.integers(0, nA, size=(E, A)))
+
+        block(-1)
+        times = _timed_repeats(block, repeats)
+        nw = venv.num_workers
+    return {
+        "times_s": times,
+        "steps": E * steps,
+        "workers": nw,
+        "steps_per_s": E * steps / _median(times),
+    }
+
+
+def _policy_in_loop(E: int, steps: int, repeats: int, workers: int) -> dict[str, Any]:
+    """MAPPO's jitted ``act`` (through :class:`HostRollout`) stepping the async bridge, and
+    random-action stepping of the same bridge."""
+    import jax
+    import jax.numpy as jnp
+
+    from marl.agents import make_policy
+    from marl.config import compose
+    from marl.envs.pettingzoo_vector import pettingzoo_vector_env
+    from marl.rollout import HostRollout
+
+    cfg = compose(["env=pz/mpe2_simple_spread", "algo=mappo", f"num_envs={E}"])
+    rng = np.random.default_rng(0)
+    with pettingzoo_vector_env(_mpe2_factory, E, mode="async", num_workers=workers) as venv:
+        policy = make_policy(cfg.algo, venv.spec, 10)
+        host = HostRollout(venv, policy, 1, E)
+        params = jax.tree.map(lambda x: x[None], policy.init(jax.random.PRNGKey(0)))
+        hidden = jax.tree.map(lambda x: x[None], policy.initial_hidden(E))
+        first = jnp.ones((1, E), bool)
+        ts = host.reset(seed=0)
+        state = {"ts": ts, "hidden": hidden, "first": first}
+
+        def roll(i: int) -> None:
+            out = host.rollout(
+                params, state["ts"], state["hidden"], state["first"], jax.random.PRNGKey(i), steps
+            )
+            _block(out[3])
+            state["ts"], state["hidden"], state["first"] = out[0], out[1], out[2]
+
+        t0 = _now()
+        roll(-1)  # compiles act
+        first_s = _now() - t0
+        pol_times = _timed_repeats(roll, repeats)
+        A, nA = venv.spec.num_agents, venv.spec.num_actions
+
+        def rand(_i: int) -> None:
+            for _ in range(steps):
+                venv.step(rng.integers(0, nA, size=(E, A)))
+
+        rand(-1)
+        rand_times = _timed_repeats(rand, repeats)
+    pol = E * steps / _median(pol_times)
+    rnd = E * steps / _median(rand_times)
+    return {
+        "workers": workers,
+        "policy": {"times_s": pol_times, "steps_per_s": pol, "first_call_s": first_s},
+        "random": {"times_s": rand_times, "steps_per_s": rnd},
+        "ratio": pol / rnd,
+    }
+
+
+def bench_pz(s: Settings) -> list[dict[str, Any]]:
+    rows = []
+    for E in s.pz_sizes:
+        plain = _plain_loop(E, s.pz_steps, s.repeats)
+        sync = _bridge(E, s.pz_steps, s.repeats, "sync", None)
+        async2 = _bridge(E, s.pz_steps, s.repeats, "async", 2)
+        pol = _policy_in_loop(E, s.pz_steps, s.repeats, 2)
+        row = {
+            "num_envs": E,
+            "plain_loop": plain,
+            "bridge_sync": sync,
+            "bridge_async_2": async2,
+            "policy_in_loop": pol,
+            "ratio_async2_vs_plain": async2["steps_per_s"] / plain["steps_per_s"],
+            "ratio_async2_vs_sync": async2["steps_per_s"] / sync["steps_per_s"],
+            "ratio_sync_vs_plain": sync["steps_per_s"] / plain["steps_per_s"],
+        }
+        rows.append(row)
+        _log(
+            f"pz x{E}: plain {plain['steps_per_s']:,.0f}/s, sync {sync['steps_per_s']:,.0f}/s, "
+            f"async2 {async2['steps_per_s']:,.0f}/s, policy {pol['policy']['steps_per_s']:,.0f}"
+            f"/s vs random {pol['random']['steps_per_s']:,.0f}/s"
+        )
+    return rows
+
+
+# --------------------------------------------------------------------- 2. training throughput
+def train_configs(s: Settings) -> list[tuple[str, list[str]]]:
+    """(label, overrides) of the training-throughput rows."""
+    rows = [
+        ("ippo mpe jaxmarl-config", ["preset=jaxmarl_ippo_mpe"]),
+        ("mappo mpe jaxmarl-config", ["preset=jaxmarl_ippo_mpe", "algo=mappo"]),
+        ("ippo mpe defaults", ["env=mpe/simple_spread", "algo=ippo"]),
+        ("mappo mpe defaults", ["env=mpe/simple_spread", "algo=mappo"]),
+        ("ippo smax/3m defaults", ["env=smax/3m", "algo=ippo"]),
+        ("mappo smax/3m defaults", ["env=smax/3m", "algo=mappo"]),
+        ("mappo pz/mpe2 (bridge)", ["env=pz/mpe2_simple_spread", "algo=mappo"]),
+    ]
+    if s.quick:  # tiny rollouts: smoke test of the machinery, not a measurement
+        small = ["num_envs=8", "algo.rollout_len=16"]
+        keep = ("ippo mpe jaxmarl-config", "mappo pz/mpe2 (bridge)")
+        rows = [(k, v + small) for k, v in rows if k in keep]
+    return rows
+
+
+_MEASURED: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def measure_training(
+    overrides: Sequence[str], updates: int, repeats: int, label: str = ""
+) -> dict[str, Any]:
+    """Env steps/s of ``Trainer.run_chunk`` over ``updates`` updates (all seeds), median
+    over ``repeats`` chunks after a first chunk that compiles (its time reported apart).
+    The same (overrides, updates, repeats) within one process is measured once."""
+    key = (tuple(overrides), updates, repeats)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure_training(overrides, updates, repeats, label)
+    return dict(_MEASURED[key])
+
+
+def _measure_training(
+    overrides: Sequence[str], updates: int, repeats: int, label: str
+) -> dict[str, Any]:
+    from marl.config import compose
+    from marl.trainer import Trainer
+
+    base = ["logger.wandb.mode=disabled", "logger.progress=false", "eval.num_evals=1"]
+    cfg = compose([*overrides, *base])
+    per = cfg.num_envs * cfg.algo.rollout_len
+    cfg = compose([*overrides, *base, f"total_timesteps={per * updates}"])
+    t0 = _now()
+    trainer = Trainer(cfg, None)
+    runner = _block(trainer.init_runner())
+    setup_s = _now() - t0
+    t0 = _now()
+    runner, _ = trainer.run_chunk(runner, updates)
+    first_s = _now() - t0
+    state = {"runner": runner}
+
+    def chunk(_i: int) -> None:
+        state["runner"], m = trainer.run_chunk(state["runner"], updates)
+        if not np.isfinite(m["loss/total"]).all():
+            raise RuntimeError(f"{label}: non-finite loss during the benchmark")
+
+    times = _timed_repeats(chunk, repeats)
+    if trainer.kind != "jax":
+        trainer.env.close()
+    med = _median(times)
+    steps = updates * per * trainer.S
+    return {
+        "overrides": list(overrides),
+        "num_envs": int(cfg.num_envs),
+        "rollout_len": int(cfg.algo.rollout_len),
+        "num_seeds": int(cfg.num_seeds),
+        "updates_per_chunk": updates,
+        "steps_per_chunk": steps,
+        "setup_s": setup_s,
+        "first_chunk_s": first_s,
+        "compile_s": max(first_s - med, 0.0),
+        "times_s": times,
+        "steps_per_s": steps / med,
+    }
+
+
+def _updates_for(overrides: Sequence[str], target: int, pz_updates: int) -> int:
+    from marl.config import compose
+
+    cfg = compose(list(overrides))
+    if cfg.env.kind != "jax":
+        return pz_updates
+    return max(2, round(target / (cfg.num_envs * cfg.algo.rollout_len)))
+
+
+def bench_train(s: Settings) -> list[dict[str, Any]]:
+    rows = []
+    for label, ov in train_configs(s):
+        n = _updates_for(ov, s.train_target_steps, s.pz_train_updates)
+        r = measure_training(ov, n, s.repeats, label)
+        r["label"] = label
+        rows.append(r)
+        _log(
+            f"train {label}: {r['steps_per_s']:,.0f} steps/s (first chunk {r['first_chunk_s']:.1f}"
+            f" s, {n} updates/chunk)"
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ 3. JaxMARL's own baseline
+def load_jaxmarl_ippo(repo: Path) -> tuple[Any, dict[str, Any]]:
+    """Import ``baselines/IPPO/ippo_ff_mpe.py`` from a JaxMARL checkout (by file path: the
+    installed ``jaxmarl`` package is the one it uses) and read its published config."""
+    import yaml
+
+    script = repo / "baselines" / "IPPO" / "ippo_ff_mpe.py"
+    conf = repo / "baselines" / "IPPO" / "config" / "ippo_ff_mpe.yaml"
+    if not script.is_file() or not conf.is_file():
+        raise FileNotFoundError(f"{repo}: no baselines/IPPO/ippo_ff_mpe.py (+ config)")
+    spec = importlib.util.spec_from_file_location("_jaxmarl_ippo_ff_mpe", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    class _NoWandb:  # their update loop logs every update through io_callback(wandb.log)
+        @staticmethod
+        def log(*_a: Any, **_k: Any) -> None:
+            return None
+
+    mod.wandb = _NoWandb()
+    config = yaml.safe_load(conf.read_text())
+    return mod, config
+
+
+def bench_jaxmarl(repo: Path, s: Settings) -> dict[str, Any]:
+    """Their ``make_train(config)`` for ``s.jaxmarl_timesteps`` steps, one seed: compile
+    (``lower().compile()``) and steady-state steps/s (median over repeats)."""
+    import jax
+
+    mod, config = load_jaxmarl_ippo(repo)
+    config = dict(config)
+    config["TOTAL_TIMESTEPS"] = s.jaxmarl_timesteps
+    train = jax.jit(mod.make_train(config))  # make_train fills NUM_UPDATES etc. in config
+    steps = config["NUM_UPDATES"] * config["NUM_STEPS"] * config["NUM_ENVS"]
+    rng = jax.random.PRNGKey(int(config["SEED"]))
+    t0 = _now()
+    compiled = train.lower(rng).compile()
+    compile_s = _now() - t0
+    times = _timed_repeats(
+        lambda i: _block(compiled(jax.random.fold_in(rng, i))), s.jaxmarl_repeats
+    )
+    return {
+        "repo": str(repo),
+        "script": "baselines/IPPO/ippo_ff_mpe.py",
+        "commit": _git_head(repo) or os.environ.get("JAXMARL_COMMIT"),
+        "config": {k: config[k] for k in sorted(config) if k.isupper()},
+        "num_updates": int(config["NUM_UPDATES"]),
+        "steps": int(steps),
+        "compile_s": compile_s,
+        "times_s": times,
+        "steps_per_s": steps / _median(times),
+    }
+
+
+def _git_head(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------- 4. scaling
+def bench_scaling(s: Settings) -> dict[str, Any]:
+    envs_rows = []
+    for E in s.scaling_envs:
+        ov = ["env=mpe/simple_spread", "algo=mappo", f"num_envs={E}"]
+        if s.quick:
+            ov.append("algo.rollout_len=16")
+        n = _updates_for(ov, s.train_target_steps, s.pz_train_updates)
+        r = measure_training(ov, n, s.repeats, f"mappo x{E}")
+        envs_rows.append(r)
+        _log(f"scaling envs={E}: {r['steps_per_s']:,.0f} steps/s")
+    seed_rows = []
+    E = 8 if s.quick else 64
+    for S in s.seeds:
+        ov = ["env=mpe/simple_spread", "algo=mappo", f"num_envs={E}"]
+        if S != 1:
+            ov.append(f"num_seeds={S}")
+        if s.quick:
+            ov.append("algo.rollout_len=16")
+        r = measure_training(ov, s.seeds_updates, s.repeats, f"mappo seeds={S}")
+        r["wall_s"] = _median(r["times_s"])
+        seed_rows.append(r)
+        _log(f"scaling seeds={S}: {r['wall_s']:.2f} s per chunk, {r['steps_per_s']:,.0f} steps/s")
+    base = seed_rows[0]["wall_s"]
+    for r in seed_rows:
+        r["wall_ratio_vs_1"] = r["wall_s"] / base
+    return {"num_envs": envs_rows, "num_seeds": seed_rows}
+
+
+# --------------------------------------------------------------------------- 5. compile times
+_CHILD = r"""
+import json, sys, time
+t_start = time.perf_counter()
+from marl.cli import _enable_compile_cache
+_enable_compile_cache()
+import jax
+from marl.config import compose
+from marl.trainer import Trainer
+overrides = json.loads(sys.argv[1])
+t_import = time.perf_counter()
+cfg = compose(overrides)
+t0 = time.perf_counter()
+trainer = Trainer(cfg, None)
+ta = time.perf_counter()
+runner = jax.block_until_ready(trainer.init_runner())
+tb = time.perf_counter()
+runner, metrics = trainer.run_chunk(runner, 1)
+jax.block_until_ready(runner)
+t1 = time.perf_counter()
+print("BENCH_RESULT " + json.dumps({
+    "import_s": t_import - t_start,
+    "compose_s": t0 - t_import,
+    "to_first_update_s": t1 - t0,
+    "parts_s": {"trainer": ta - t0, "init_runner": tb - ta, "first_chunk": t1 - tb},
+    "chunk_updates": int(trainer.sched.chunk),
+    "cache_dir": jax.config.jax_compilation_cache_dir,
+}))
+"""
+
+
+def _child_first_update(overrides: Sequence[str], cache_dir: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["MARL_COMPILE_CACHE"] = cache_dir
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env["WANDB_MODE"] = "disabled"
+    t0 = _now()
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(list(overrides))],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    wall = _now() - t0
+    line = [x for x in out.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
+    if out.returncode != 0 or not line:
+        raise RuntimeError(f"compile child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    res = json.loads(line[-1].split(" ", 1)[1])
+    res["process_wall_s"] = wall
+    return res
+
+
+def bench_compile(s: Settings) -> dict[str, Any]:
+    """Default ``marl train`` config (1 seed), fresh processes: an empty persistent cache, then
+    a second launch reusing it. Time = Trainer construction + first chunk of 1 update."""
+    overrides = ["logger.wandb.mode=disabled", "logger.progress=false"]
+    if s.quick:
+        overrides += ["num_envs=8", "algo.rollout_len=16"]
+    with tempfile.TemporaryDirectory(prefix="marl-bench-cache-") as cache:
+        first = _child_first_update(overrides, cache)
+        entries = len(os.listdir(cache))
+        # quick: one cached launch (each is a fresh interpreter importing JAX)
+        second = [_child_first_update(overrides, cache) for _ in range(1 if s.quick else 3)]
+    cached = _median([r["to_first_update_s"] for r in second])
+    _log(f"compile: first {first['to_first_update_s']:.1f} s, cached {cached:.2f} s")
+    return {
+        "overrides": overrides,
+        "first_launch": first,
+        "cache_entries": entries,
+        "cached_launches": second,
+        "first_s": first["to_first_update_s"],
+        "cached_s": cached,
+        "cached_process_wall_s": _median([r["process_wall_s"] for r in second]),
+    }
+
+
+# -------------------------------------------------------------------------------- targets
+def _verdict(key: str, value: float, detail: str = "") -> dict[str, Any]:
+    desc, op, thr, unit = TARGETS[key]
+    ok = {">=": value >= thr, "<": value < thr, "<=": value <= thr}[op]
+    if op == ">=":
+        margin = value / thr - 1.0  # > 0 passes
+        by = f"{abs(margin) * 100:.0f}% {'above' if ok else 'below'}"
+    else:
+        margin = 1.0 - value / thr
+        by = f"{value / thr:.2f}x the limit"
+        if unit == "s":
+            by += f", {abs(thr - value):.2f} s {'under' if ok else 'over'}"
+    return {
+        "key": key,
+        "target": f"{op} {thr:g}{unit}",
+        "description": desc,
+        "value": value,
+        "unit": unit,
+        "status": "PASS" if ok else "MISS",
+        "margin": margin,
+        "by": by,
+        "detail": detail,
+    }
+
+
+def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    base = res.get("jaxmarl_baseline") or {}
+    train = {r["label"]: r for r in res.get("train", [])}
+    ref = base.get("steps_per_s")
+    ref_name = "JaxMARL ippo_ff_mpe.py"
+    if ref is None and "ippo mpe jaxmarl-config" in train:
+        ref = train["ippo mpe jaxmarl-config"]["steps_per_s"]
+        ref_name = "our reproduction of their config (baseline not run)"
+    if ref and "ippo mpe jaxmarl-config" in train:
+        v = train["ippo mpe jaxmarl-config"]["steps_per_s"] / ref
+        out.append(_verdict("ippo_vs_jaxmarl", v, f"vs {ref_name}: {ref:,.0f} steps/s"))
+    comp = res.get("compile")
+    if comp:
+        out.append(_verdict("first_compile", comp["first_s"]))
+        out.append(_verdict("cached_launch", comp["cached_s"]))
+    by_env: dict[str, list[dict[str, Any]]] = {}
+    for r in res.get("env", []):
+        by_env.setdefault(r["env"], []).append(r)
+    for name, rows in by_env.items():
+        worst = min(rows, key=lambda r: r["ratio"])
+        t = _verdict("array_view", worst["ratio"], f"{name}, worst at {worst['num_envs']} envs")
+        t["key"] = f"array_view[{name}]"
+        out.append(t)
+    for r in res.get("pettingzoo", []):
+        t = _verdict("bridge_2_workers", r["ratio_async2_vs_plain"], f"{r['num_envs']} envs")
+        t["key"] = f"bridge_2_workers[{r['num_envs']}]"
+        out.append(t)
+        t = _verdict("policy_in_loop", r["policy_in_loop"]["ratio"], f"{r['num_envs']} envs")
+        t["key"] = f"policy_in_loop[{r['num_envs']}]"
+        out.append(t)
+    seeds = (res.get("scaling") or {}).get("num_seeds") or []
+    if len(seeds) > 1:
+        last = seeds[-1]
+        t = _verdict("seeds_8_vs_1", last["wall_ratio_vs_1"], f"{last['num_seeds']} seeds vs 1")
+        out.append(t)
+    return out
+
+
+# --------------------------------------------------------------------------------- report
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def print_report(res: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=175)
+    console.print(f"[bold]marl speed benchmark[/] {res['meta']['date']}  {res['meta']['command']}")
+    console.print(machine_line(res["machine"]))
+    verdicts = {t["key"]: t for t in res.get("targets", [])}
+
+    def mark(key: str) -> str:
+        t = verdicts.get(key)
+        if t is None:
+            return ""
+        colour = "green" if t["status"] == "PASS" else "red"
+        return f"[{colour}]{t['status']}[/] {t['target']} ({t['by']})"
+
+    if res.get("env"):
+        t = Table(title="1. Pure-JAX stepping, steps/s (copies x steps), median")
+        cols = ["env", "copies", "raw JaxMARL", "array view", "ours/raw"]
+        diag = any("ours_randint" in r for r in res["env"])
+        if diag:
+            cols += ["view, randint actions", "randint/raw"]
+        for c in (*cols, "compile raw/ours s"):
+            t.add_column(c, justify="right")
+        for r in res["env"]:
+            ok = "green" if r["ratio"] >= TARGETS["array_view"][2] else "red"
+            cells = [
+                r["env"],
+                str(r["num_envs"]),
+                _fmt(r["raw"]["steps_per_s"]),
+                _fmt(r["ours"]["steps_per_s"]),
+                f"[{ok}]{r['ratio']:.2f}x[/]",
+            ]
+            if diag:
+                d = r.get("ours_randint")
+                cells += [_fmt(d["steps_per_s"]), f"{r['ratio_randint']:.2f}x"] if d else ["", ""]
+            cells.append(f"{r['raw']['compile_s']:.1f} / {r['ours']['compile_s']:.1f}")
+            t.add_row(*cells)
+        console.print(t)
+    if res.get("pettingzoo"):
+        t = Table(title="1b. mpe2 simple_spread_v3 through PettingZoo, steps/s, median")
+        for c in (
+            "copies",
+            "plain loop",
+            "bridge sync",
+            "async 2 workers",
+            "async2/plain",
+            "policy in loop",
+            "random (same)",
+            "policy/random",
+        ):
+            t.add_column(c, justify="right")
+        for r in res["pettingzoo"]:
+            p = r["policy_in_loop"]
+            t.add_row(
+                str(r["num_envs"]),
+                _fmt(r["plain_loop"]["steps_per_s"]),
+                _fmt(r["bridge_sync"]["steps_per_s"]),
+                _fmt(r["bridge_async_2"]["steps_per_s"]),
+                f"{r['ratio_async2_vs_plain']:.2f}x",
+                _fmt(p["policy"]["steps_per_s"]),
+                _fmt(p["random"]["steps_per_s"]),
+                f"{p['ratio']:.2f}x",
+            )
+        console.print(t)
+    base = res.get("jaxmarl_baseline")
+    ref = base["steps_per_s"] if base else None
+    if res.get("train") or base:
+        t = Table(title="2-3. Training throughput, env steps/s (compile excluded), 1 seed")
+        for c in ("config", "envs x steps", "steps/s", "vs JaxMARL IPPO", "first chunk s"):
+            t.add_column(c, justify="right")
+        if base:
+            c = base["config"]
+            t.add_row(
+                "JaxMARL ippo_ff_mpe.py (reference)",
+                f"{c['NUM_ENVS']} x {c['NUM_STEPS']}",
+                _fmt(base["steps_per_s"]),
+                "1.00x",
+                f"compile {base['compile_s']:.1f}",
+            )
+        for r in res.get("train", []):
+            t.add_row(
+                r["label"],
+                f"{r['num_envs']} x {r['rollout_len']}",
+                _fmt(r["steps_per_s"]),
+                f"{r['steps_per_s'] / ref:.2f}x" if ref else "-",
+                f"{r['first_chunk_s']:.1f}",
+            )
+        console.print(t)
+    sc = res.get("scaling")
+    if sc:
+        t = Table(title="4. Scaling (MAPPO, mpe/simple_spread)")
+        for c in ("run", "steps/s", "chunk wall s", "vs 1 seed"):
+            t.add_column(c, justify="right")
+        for r in sc["num_envs"]:
+            t.add_row(f"{r['num_envs']} envs, 1 seed", _fmt(r["steps_per_s"]), "", "")
+        for r in sc["num_seeds"]:
+            t.add_row(
+                f"{r['num_seeds']} seeds x {r['num_envs']} envs ({r['updates_per_chunk']} upd.)",
+                _fmt(r["steps_per_s"]),
+                f"{r['wall_s']:.3g}",
+                f"{r['wall_ratio_vs_1']:.2f}x",
+            )
+        console.print(t)
+    comp = res.get("compile")
+    if comp:
+        t = Table(title="5. Default training, fresh process: Trainer + first update")
+        for c in ("launch", "to first update s", "process wall s (incl. imports)"):
+            t.add_column(c, justify="right")
+        t.add_row(
+            "first (empty cache)",
+            f"{comp['first_s']:.2f}",
+            f"{comp['first_launch']['process_wall_s']:.2f}",
+        )
+        t.add_row(
+            "second (cached, median)",
+            f"{comp['cached_s']:.2f}",
+            f"{comp['cached_process_wall_s']:.2f}",
+        )
+        console.print(t)
+    if res.get("targets"):
+        t = Table(title="Targets")
+        for c in ("target", "measured", "status", "detail"):
+            t.add_column(c)
+        for v in res["targets"]:
+            val = f"{v['value']:.2f}{v['unit']}"
+            t.add_row(v["description"], val, mark(v["key"]), v["detail"])
+        console.print(t)
+
+
+# ---------------------------------------------------------------------------------- driver
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    s = Settings.make(args.quick, args.repeats)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    bad = only - set(SECTIONS)
+    if bad:
+        raise SystemExit(f"--only: unknown section(s) {sorted(bad)}; choose from {SECTIONS}")
+    res: dict[str, Any] = {
+        "meta": {
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command,
+            "quick": s.quick,
+            "repeats": s.repeats,
+            "sections": [x for x in SECTIONS if x in only],
+        },
+        "machine": machine_info(),
+    }
+    t_all = _now()
+    if "env" in only:
+        res["env"] = bench_env(s, args.env_names.split(","))
+    if "pz" in only:
+        res["pettingzoo"] = bench_pz(s)
+    if "jaxmarl" in only:
+        if args.jaxmarl_repo:
+            try:
+                res["jaxmarl_baseline"] = bench_jaxmarl(Path(args.jaxmarl_repo), s)
+                _log(f"jaxmarl baseline: {res['jaxmarl_baseline']['steps_per_s']:,.0f} steps/s")
+            except Exception as e:  # noqa: BLE001 - reported, the rest still runs
+                res["jaxmarl_baseline_error"] = f"{type(e).__name__}: {e}"
+                _log(f"jaxmarl baseline failed: {res['jaxmarl_baseline_error']}")
+        else:
+            res["jaxmarl_baseline_error"] = "not run: pass --jaxmarl-repo PATH"
+    if "train" in only:
+        res["train"] = bench_train(s)
+    if "scaling" in only:
+        res["scaling"] = bench_scaling(s)
+    if "compile" in only:
+        res["compile"] = bench_compile(s)
+    res["meta"]["total_s"] = _now() - t_all
+    res["machine"]["load_avg_end"] = list(os.getloadavg())
+    res["targets"] = evaluate_targets(res)
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="marl bench", description="Speed benchmarks (see BENCHMARKS.md)."
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not numbers")
+    p.add_argument("--out", default="runs/bench/speed.json", help="JSON results file")
+    p.add_argument("--only", default=None, help=f"comma-separated sections of {SECTIONS}")
+    p.add_argument(
+        "--env-names",
+        default=",".join(ENV_NAMES),
+        help="pure-JAX environments of the env section (mpe/simple_spread and smax/3m have "
+        "scan lengths tuned; others use smax/3m's)",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (>= 3)")
+    p.add_argument("--report", default=None, help="only print the tables of a results JSON")
+    p.add_argument(
+        "--jaxmarl-repo",
+        default=os.environ.get("JAXMARL_REPO"),
+        help="a JaxMARL checkout (outside this repository) whose baselines/IPPO/ippo_ff_mpe.py "
+        "is the reference; default $JAXMARL_REPO",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``marl bench`` / ``scripts/bench.py``: measure, print the tables, write ``--out``."""
+    args = build_parser().parse_args(argv)
+    if args.report:  # re-print an earlier result (targets re-evaluated)
+        res = json.loads(Path(args.report).read_text())
+        res["targets"] = evaluate_targets(res)
+        print_report(res)
+        return 0
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    res = run(args, command.strip())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=_json_default))
+    print_report(res)
+    print(f"results: {out}")
+    return 0
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return str(x)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
