@@ -152,15 +152,15 @@ class HostRollout:
     def __init__(self, venv, policy: Policy, num_seeds: int, num_envs: int):
         self.venv, self.policy = venv, policy
         self.S, self.E = num_seeds, num_envs
-        self._act = jax.jit(
-            jax.vmap(
-                lambda p, h, inp, k, greedy=False: policy.act(p, h, inp, k, greedy),
-                in_axes=(0, 0, 0, 0),
-            )
-        )
-        self._act_greedy = jax.jit(
-            jax.vmap(lambda p, h, inp, k: policy.act(p, h, inp, k, True), in_axes=(0, 0, 0, 0))
-        )
+
+        def act(params, hidden, ts: TimeStep, first, key, greedy: bool):
+            # input building, acting and dropping the time axis in one compiled call: the
+            # host loop pays one dispatch per step, not one per small array operation
+            h, a, lp, v = policy.act(params, hidden, policy_input(ts, first), key, greedy)
+            return h, a[0], lp[0], v[0]
+
+        self._act = jax.jit(jax.vmap(lambda p, h, ts, f, k: act(p, h, ts, f, k, False)))
+        self._act_greedy = jax.jit(jax.vmap(lambda p, h, ts, f, k: act(p, h, ts, f, k, True)))
 
     def split(self, ts: TimeStep) -> TimeStep:
         """``[S * E, ...]`` -> ``[S, E, ...]``."""
@@ -173,29 +173,19 @@ class HostRollout:
         """``steps`` steps; returns the last ``(ts, hidden, first)``, the ``[S, T, E, ...]``
         trajectory and the per-seed episode sums."""
         trs, sums = [], []
-        keys = jax.random.split(key, steps * self.S).reshape(steps, self.S, -1)
+        keys = np.asarray(jax.random.split(key, steps * self.S)).reshape(steps, self.S, -1)
+        first = np.asarray(first)
         for t in range(steps):
-            inp = jax.vmap(policy_input)(ts, first)
-            hidden, action, logp, value = self._act(params, hidden, inp, keys[t])
-            action_np = np.asarray(action[:, 0])
-            nxt = self.split(
-                self.venv.step(action_np.reshape(self.S * self.E, *action_np.shape[2:]))
-            )
-            trs.append(
-                Transition(
-                    jax.tree.map(lambda x: x[:, 0], inp),
-                    action[:, 0],
-                    logp[:, 0],
-                    value[:, 0],
-                    nxt.reward,
-                    nxt.episode_done,
-                )
-            )
+            hidden, action, logp, value = self._act(params, hidden, ts, first, keys[t])
+            action, logp, value = jax.device_get((action, logp, value))
+            nxt = self.split(self.venv.step(action.reshape(self.S * self.E, *action.shape[2:])))
+            inp = PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
+            trs.append(Transition(inp, action, logp, value, nxt.reward, nxt.episode_done))
             sums.append(nxt)
-            ts, first = nxt, jnp.asarray(nxt.episode_done)
-        traj = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *trs)
-        steps_ts = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *sums)  # [S, T, E]
-        return ts, hidden, first, traj, steps_ts
+            ts, first = nxt, nxt.episode_done
+        traj = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *trs)  # [S, T, E, ...]
+        steps_ts = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *sums)
+        return ts, hidden, jnp.asarray(first), traj, steps_ts
 
     def evaluate(self, params, key, num_episodes: int, greedy: bool, max_steps: int):
         """Per-seed first-episode statistics of ``num_episodes`` episodes (``E`` copies in
@@ -210,12 +200,13 @@ class HostRollout:
                 seed=int(jax.random.randint(jax.random.fold_in(key, round_), (), 0, 2**30))
             )
             hidden = jax.vmap(lambda _: self.policy.initial_hidden(self.E))(jnp.arange(self.S))
-            first = jnp.ones((self.S, self.E), bool)
+            first = np.ones((self.S, self.E), bool)
             finished = np.zeros((self.S, self.E), bool)
+            keys = jax.random.split(jax.random.fold_in(key, round_), max_steps * self.S)
+            keys = np.asarray(keys).reshape(max_steps, self.S, -1)
             for t in range(max_steps):
-                k = jax.random.split(jax.random.fold_in(key, 1000 * round_ + t), self.S)
-                hidden, action, _, _ = act(params, hidden, jax.vmap(policy_input)(ts, first), k)
-                a = np.asarray(action[:, 0])
+                hidden, action, _, _ = act(params, hidden, ts, first, keys[t])
+                a = np.asarray(action)
                 ts = self.split(self.venv.step(a.reshape(self.S * self.E, *a.shape[2:])))
                 new = ts.episode_done & ~finished
                 for s, e in zip(*np.nonzero(new), strict=True):
@@ -223,7 +214,7 @@ class HostRollout:
                     lens[s].append(float(ts.episode_length[s, e]))
                     wins[s].append(float(ts.episode_won[s, e]))
                 finished |= ts.episode_done
-                first = jnp.asarray(ts.episode_done)
+                first = ts.episode_done
                 if finished.all():
                     break
             round_ += 1
