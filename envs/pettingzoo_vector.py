@@ -17,10 +17,10 @@ Design
   ``Dict`` of the ``[k, ...]`` TimeStep buffers, so the results travel through gymnasium's
   shared memory and the main process reads them as ``[W * k, ...]`` views. Several copies per
   process matter: gymnasium runs one process per sub-environment, and one process per copy
-  loses to a plain loop on a small machine. Measured on 2 cores, mpe2 simple_spread_v3,
-  8 copies (env-steps/s, 3 runs): plain loop 4.4-4.6k, sync 3.7-4.0k (includes
-  ``env.state()`` each step), async 1 worker 3.2-3.3k, 2 workers 5.0-5.9k, 8 workers (one per
-  copy) 3.2-3.9k. Re-measure with ``python -m marl.envs.pettingzoo_vector``.
+  loses to a plain loop on a small machine. Measured on 2 idle cores, mpe2 simple_spread_v3
+  (env-steps/s, 8 / 16 copies): plain loop 4.7k / 4.5k, sync 3.6k / 3.7k, async with 2
+  workers 4.3k / 5.9k (BENCHMARKS.md). Re-measure with ``python scripts/bench.py --only pz``
+  or ``python -m marl.envs.pettingzoo_vector``.
 * Gymnasium's own auto-reset never triggers: :class:`_WorkerEnv` always returns
   ``terminated = truncated = False`` (whatever ``autoreset_mode``), does its own auto-reset
   inside the step that ends an episode (``obs`` is then the next episode's first observation,
@@ -482,13 +482,7 @@ class _Copies:
                 else:
                     avail[j] = self.all_legal[j]
                 continue
-            x = obs.get(a)
-            mask = None
-            if L.obs_is_dict[j] and isinstance(x, dict):
-                mask = x.get("action_mask")
-                x = x["observation"]
-            if x is not None:
-                self._put_obs(o, j, x)
+            mask = self._put_obs_dict(o, j, obs.get(a))
             if L.discrete:
                 if mask is None:
                     info = infos.get(a)
@@ -552,13 +546,7 @@ class _Copies:
             if not live[j]:
                 avail[j] = self.only_noop if L.discrete else self.all_legal[j]
                 continue
-            x = env.observe(a)
-            mask = None
-            if L.obs_is_dict[j] and isinstance(x, dict):
-                mask = x.get("action_mask")
-                x = x["observation"]
-            if x is not None:
-                self._put_obs(o, j, x)
+            mask = self._put_obs_dict(o, j, env.observe(a))
             if a == sel:
                 acting[j] = True
                 if L.discrete:
@@ -576,6 +564,17 @@ class _Copies:
         self._write_state(c, env)
 
     # -- shared helpers ---------------------------------------------------------------------
+
+    def _put_obs_dict(self, o: np.ndarray, j: int, x: Any) -> Any:
+        """Write agent ``j``'s observation (plain, or a dict with ``"observation"`` and
+        ``"action_mask"``); return the mask found in it, if any."""
+        mask = None
+        if self.L.obs_is_dict[j] and isinstance(x, dict):
+            mask = x.get("action_mask")
+            x = x["observation"]
+        if x is not None:
+            self._put_obs(o, j, x)
+        return mask
 
     def _put_obs(self, o: np.ndarray, j: int, x: Any) -> None:
         L = self.L
