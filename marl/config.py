@@ -145,6 +145,21 @@ def _check_groups(overrides: list[str]) -> None:
                 raise unknown(key, value, options)
 
 
+def _integral(override: str) -> str:
+    """``total_timesteps=1e7`` -> ``total_timesteps=10000000`` for integer keys."""
+    key, sep, value = override.partition("=")
+    if not sep or key.startswith(("+", "~")) or "e" not in value.lower():
+        return override
+    default = OmegaConf.select(OmegaConf.structured(TrainConfig), key, default=None)
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    if isinstance(default, int) and not isinstance(default, bool) and number.is_integer():
+        return f"{key}={int(number)}"
+    return override
+
+
 def _unknown_key(key: str) -> Exception:
     """An unknown config key, with the valid keys at its level."""
     schema = OmegaConf.structured(TrainConfig)
@@ -198,6 +213,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
 
     # env.kwargs is free-form (the environment validates it): add or override its keys.
     overrides = [f"++{o}" if o.startswith("env.kwargs.") else o for o in overrides or []]
+    overrides = [_integral(o) for o in overrides]
     _check_groups(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -70,6 +70,8 @@ def test_cfg_job_prints_the_resolved_config(capsys):
     out = capsys.readouterr().out
     assert "name: smax/3m" in out and "name: ippo" in out and "lr: 0.0003" in out
     assert "seed: 3" in out and "num_seeds: 4" in out and "max_steps: 50" in out
+    assert main(["train", "--cfg", "job", "total_timesteps=1e7"]) == 0  # as researchers write it
+    assert "total_timesteps: 10000000" in capsys.readouterr().out
 
 
 def test_console_script_exit_code():
