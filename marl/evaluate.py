@@ -21,9 +21,8 @@ from marl.errors import ConfigError
 def _restore_params(trainer, run_dir: Path, step: int | None):
     from marl.checkpoint import Checkpointer
 
-    runner = trainer.init_runner() if trainer.kind == "jax" else None
-    if runner is None:
-        runner = trainer.init_runner()
+    runner = trainer.init_runner()
+    if trainer.kind != "jax":  # checkpoints of the PettingZoo path hold no time step
         runner = runner._replace(ts=None)
     template = {
         "runner": runner,
@@ -53,6 +52,11 @@ def evaluate_run(
     cfg = validate(OmegaConf.load(run_dir / "config.yaml"))
     trained_spec_cfg = cfg.copy()
     if env_overrides:
+        bad = [o for o in env_overrides if not o.split("=", 1)[0].lstrip("+").startswith("env")]
+        if bad:
+            raise ConfigError(
+                f"marl evaluate takes env overrides only (env=..., env.*=...), got {bad[0]!r}"
+            )
         env_cfg = compose(list(env_overrides)).env
         if not any(o.startswith("env.agent_id=") for o in env_overrides):
             env_cfg.agent_id = cfg.env.agent_id  # the policy's input layout
