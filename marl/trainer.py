@@ -366,6 +366,8 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         cfg = validate(saved)
         run_dir = resume_dir
     elif jax.process_index() == 0:
+        Schedule.of(cfg)  # config errors end the run before it makes a directory
+        _check_minibatches(cfg)
         run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
     else:  # other processes of a multi-process run log nothing
         run_dir = Path(cfg.logger.root) / experiment_name(cfg) / f"process-{jax.process_index()}"

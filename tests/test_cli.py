@@ -43,8 +43,10 @@ def test_envs_table(capsys):
         (["evaluate", "/nonexistent/run"], "is not a run directory"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
+    assert not (tmp_path / "runs").exists()  # no empty run directory left behind
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
