@@ -42,16 +42,17 @@ def policy_input(ts: TimeStep, first: jax.Array) -> PolicyInput:
     )
 
 
-def episode_sums(ts: TimeStep, has_win: bool) -> dict[str, jax.Array]:
-    """Sums over finished episodes of a ``[..., E]`` batch of time steps."""
-    d = ts.episode_done.astype(jnp.float32)
+def episode_sums(ts: TimeStep, has_win: bool, axis=None) -> dict[str, Any]:
+    """Sums over the finished episodes of a batch of time steps (jax or numpy arrays), over
+    ``axis`` (default: all)."""
+    d = ts.episode_done.astype(np.float32)
     out = {
-        "episodes": d.sum(),
-        "return_sum": (ts.episode_return.mean(-1) * d).sum(),
-        "length_sum": (ts.episode_length * d).sum(),
+        "episodes": d.sum(axis),
+        "return_sum": (ts.episode_return.mean(-1) * d).sum(axis),
+        "length_sum": (ts.episode_length * d).sum(axis),
     }
     if has_win:
-        out["won_sum"] = (ts.episode_won * d).sum()
+        out["won_sum"] = (ts.episode_won * d).sum(axis)
     return out
 
 

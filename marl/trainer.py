@@ -31,7 +31,15 @@ from marl.envs.core import EnvSpec
 from marl.errors import ConfigError, MarlError
 from marl.parallel import make_mesh, runner_shardings, select_devices, to_global
 from marl.ppo import PPOConfig, TrainState, ValueNorm
-from marl.rollout import HostRollout, Runner, make_jax_eval, make_jax_update, make_update
+from marl.rollout import (
+    HostRollout,
+    Runner,
+    episode_sums,
+    make_jax_eval,
+    make_jax_update,
+    make_update,
+    policy_input,
+)
 
 
 class NonFiniteLoss(MarlError):
@@ -262,24 +270,14 @@ class Trainer:
                 k_roll[0],
                 self.cfg.algo.rollout_len,
             )
-            last_inp = jax.vmap(lambda t, f: jax.tree.map(lambda x: x[None], _inp(t, f)))(ts, first)
+            last_inp = jax.vmap(policy_input)(ts, first)
             train, metrics = self._update(runner.train, traj, hidden0, last_inp, hidden, k_upd)
             metrics = jax.device_get(metrics)
-            d = steps.episode_done.astype(np.float32)  # [S, T, E]
-            metrics["episodes"] = d.sum((1, 2))
-            metrics["return_sum"] = (steps.episode_return.mean(-1) * d).sum((1, 2))
-            metrics["length_sum"] = (steps.episode_length * d).sum((1, 2))
-            if self.spec.has_win:
-                metrics["won_sum"] = (steps.episode_won * d).sum((1, 2))
+            # steps: [S, T, E]; per-seed sums
+            metrics.update(episode_sums(steps, self.spec.has_win, axis=(1, 2)))
             rows.append(metrics)
             runner = Runner(train, None, ts, hidden, first, key)
         return runner, {k: np.stack([r[k] for r in rows], 1) for k in rows[0]}
-
-
-def _inp(ts, first):
-    from marl.policy import PolicyInput
-
-    return PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -478,8 +476,6 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
                         {"update": update, "evals": evals_done, "env_steps": env_steps},
                     )
                 if stop_after_chunks is not None and i + 1 >= stop_after_chunks:
-                    logger.close()
-                    ckpt.close()
                     return run_dir
         # the absolute metric: the best parameters over 10 x E episodes
         n_abs = cfg.eval.episodes * cfg.eval.absolute_factor
@@ -511,17 +507,12 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         if last_ckpt is not None:
             logger.log_artifact(Path(last_ckpt), name=f"{experiment_name(cfg)}-checkpoint")
         _summary(final, trainer.spec.has_win)
-    except NonFiniteLoss:
-        logger.close()
-        ckpt.close()
-        raise
     except KeyboardInterrupt:
-        logger.close()
-        ckpt.close()
         print(f"interrupted; continue with: marl train resume={run_dir}", file=sys.stderr)
         raise
-    logger.close()
-    ckpt.close()
+    finally:  # also on errors: W&B runs finish, the last good checkpoint stays
+        logger.close()
+        ckpt.close()
     return run_dir
 
 
