@@ -278,7 +278,12 @@ class JaxArrayEnv:
     def random_actions(self, key: jax.Array, avail_actions: jax.Array) -> jax.Array:
         """Uniform legal actions for ``avail_actions [..., A, nA]``."""
         if self.spec.action_type == "discrete":
-            logits = jnp.where(avail_actions, 0.0, -jnp.inf)
-            return jax.random.categorical(key, logits).astype(jnp.int32)
+            # One uniform draw per agent picks the k-th legal action: cheaper than a Gumbel
+            # draw per action (this sampler is in every random rollout and search).
+            avail = avail_actions.astype(bool)
+            n = avail.sum(-1)
+            k = jnp.floor(jax.random.uniform(key, n.shape) * n).astype(jnp.int32)
+            a = jnp.sum(jnp.cumsum(avail, -1) <= k[..., None], -1).astype(jnp.int32)
+            return jnp.where(n > 0, a, 0)  # no legal action: 0, as the env's no-op
         u = jax.random.uniform(key, avail_actions.shape)
         return self._low + u * (self._high - self._low)

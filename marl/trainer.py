@@ -147,21 +147,27 @@ class Trainer:
         self.ppo = ppo_config(cfg.algo)
         eval_steps = self.spec.max_steps or cfg.eval.max_steps
         self.eval_steps = eval_steps
-        root = jax.random.PRNGKey(cfg.seed)
-        self.seed_keys = jax.random.split(root, S)
-        self.eval_key = jax.random.fold_in(root, 7919)
+        # Key derivation and the whole initial state are one compiled program (see
+        # `init_runner`): every eager JAX op at start-up costs a compile of its own.
+        self._init = jax.jit(self._init_fn)
+        self._seed = np.uint32(cfg.seed % 2**32)
+        self.eval_key: jax.Array | None = None  # set by `init_runner`
         self.mesh = None
         if self.kind == "jax" and str(cfg.devices) != "1":
             devices = select_devices(str(cfg.devices), E)
             if len(devices) > 1:
                 self.mesh = make_mesh(devices)
         if self.kind == "jax":
-            run = make_jax_update(
-                self.env, self.policy, self.ppo, self.optimizer, cfg.algo.rollout_len
+            # jitted so that its trace for `eval_shape` below is reused inside `chunk`
+            run = jax.jit(
+                make_jax_update(
+                    self.env, self.policy, self.ppo, self.optimizer, cfg.algo.rollout_len
+                )
             )
 
             one_seed = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), self._abstract_runner()
+                lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, weak_type=x.weak_type),
+                self._abstract_runner(),
             )
             metrics_shape = jax.eval_shape(run, one_seed)[1]
 
@@ -189,20 +195,20 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _abstract_runner(self) -> Runner:
-        """Shapes of :meth:`init_runner`'s result, without computing it."""
-        return jax.eval_shape(self.init_runner)
+        """Shapes of :meth:`init_runner`'s result, without computing it (the trace is cached
+        and reused by the real call)."""
+        return jax.eval_shape(self._init, self._seed)[0]
 
-    def init_runner(self) -> Runner:
-        """Fresh training state, ``[S, ...]``."""
-        E = self.E
-
+    def _init_fn(self, seed: jax.Array) -> tuple[Runner, jax.Array]:
+        """``(runner [S, ...], evaluation key)`` from the run's seed."""
+        S, E = self.S, self.E
+        root = jax.random.PRNGKey(seed)
+        seed_keys = jax.random.split(root, S)
+        keys = jax.vmap(lambda k: jax.random.split(k, 3))(seed_keys)
         # Parameters seed by seed, not vmapped: vmapped initialisation of the GRU hangs
-        # XLA:CPU (jax 0.10.2); the rest of the state is vmapped over seeds.
+        # XLA:CPU (jax 0.10.2). The nested jit traces `policy.init` once for all seeds.
         init_params = jax.jit(self.policy.init)
-        keys = jax.vmap(lambda k: jax.random.split(k, 3))(self.seed_keys)
-        params = jax.tree.map(
-            lambda *x: jnp.stack(x), *[init_params(keys[s, 0]) for s in range(self.S)]
-        )
+        params = jax.tree.map(lambda *x: jnp.stack(x), *[init_params(keys[s, 0]) for s in range(S)])
 
         def init(key, params):
             _, k_env, k_run = jax.random.split(key, 3)
@@ -215,7 +221,11 @@ class Trainer:
                 train, env_state, ts, self.policy.initial_hidden(E), jnp.ones((E,), bool), k_run
             )
 
-        runner = jax.jit(jax.vmap(init))(self.seed_keys, params)
+        return jax.vmap(init)(seed_keys, params), jax.random.fold_in(root, 7919)
+
+    def init_runner(self) -> Runner:
+        """Fresh training state, ``[S, ...]``; also sets :attr:`eval_key`."""
+        runner, self.eval_key = self._init(self._seed)
         if self.mesh is not None and hasattr(self, "_shardings"):
             runner = to_global(runner, self._shardings)
         if self.kind != "jax":

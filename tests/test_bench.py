@@ -86,3 +86,25 @@ def test_targets_from_a_result():
     assert got["first_compile"]["status"] == "MISS"
     assert got["cached_launch"]["status"] == "PASS"
     assert got["seeds_8_vs_1"]["status"] == "PASS"
+
+
+def test_time_to_target_verdicts():
+    base = {"target": -19.8, "smooth": 10}
+    ours = {"seconds": 40.0, "wall_s": 90.0}
+    res = {"target": {**base, "ours": ours, "jaxmarl": {"seconds": 100.0, "wall_s": 200.0}}}
+    (t,) = bench.evaluate_targets(res)
+    assert t["key"] == "time_to_target" and t["value"] == 0.4 and t["status"] == "PASS"
+    # JaxMARL never reached the target: its whole run is the reference (a lower bound)
+    res["target"]["jaxmarl"] = {"seconds": None, "wall_s": 70.0}
+    (t,) = bench.evaluate_targets(res)
+    assert t["value"] == 40.0 / 70.0 and t["status"] == "MISS" and "did not reach" in t["detail"]
+
+
+def test_first_reach_uses_the_moving_average():
+    vals = [-30.0] * 5 + [-19.0] * 3 + [-25.0] + [-19.0] * 6
+    secs = [float(i) for i in range(len(vals))]
+    # a 3-update average first reaches -19.8 at index 7 (three -19.0 in a row)
+    hit = bench.first_reach(vals, secs, -19.8, 3)
+    assert hit == {"update": 8, "seconds": 7.0, "final_smoothed": -19.0}
+    assert bench.first_reach(vals, secs, -10.0, 3)["update"] is None
+    assert bench.first_reach(vals[:2], secs[:2], -19.8, 3)["update"] is None

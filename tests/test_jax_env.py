@@ -189,6 +189,25 @@ def test_heterogeneous_actions_are_masked():
     assert ts.obs.shape == (6, wc.spec.obs_dim) and bool(jnp.isfinite(ts.obs).all())
 
 
+def test_random_actions_are_uniform_over_legal_actions():
+    env = make_array_env("smax/3m")
+    nA = env.spec.num_actions
+    avail = np.zeros((3, nA), bool)
+    avail[0, [0, 2, 3]] = True  # gaps between legal actions
+    avail[1] = True
+    # avail[2]: no legal action -> action 0
+    acts = np.asarray(
+        env.random_actions(jax.random.PRNGKey(3), jnp.broadcast_to(avail, (30_000, 3, nA)))
+    )
+    freq = np.bincount(acts[:, 0], minlength=nA) / len(acts)
+    np.testing.assert_allclose(freq[[0, 2, 3]], 1 / 3, atol=0.015)
+    assert freq[[1, *range(4, nA)]].sum() == 0
+    np.testing.assert_allclose(
+        np.bincount(acts[:, 1], minlength=nA) / len(acts), 1 / nA, atol=0.015
+    )
+    assert (acts[:, 2] == 0).all()
+
+
 def test_continuous_actions_are_clipped():
     env = make_array_env("mpe/simple_spread", continuous=True)
     assert env.spec.action_type == "continuous" and env.spec.num_actions == 5
