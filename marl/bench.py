@@ -665,16 +665,17 @@ def first_reach(
     }
 
 
-def _ours_to_target(s: Settings) -> dict[str, Any]:
-    """``marl train`` with the defaults (MAPPO, 1 seed), in this process: wall seconds from the
-    start of ``train`` (config to run directory, compile and evaluations included) to the
-    update where the smoothed training return reaches the target."""
+def _ours_to_target(s: Settings, preset: Sequence[str] = ()) -> dict[str, Any]:
+    """``marl train`` with the defaults (MAPPO, 1 seed) or ``preset``, in this process: wall
+    seconds from the start of ``train`` (config to run directory, compile and evaluations
+    included) to the update where the smoothed training return reaches the target."""
     from marl.config import compose
     from marl.runlog import METRICS_FILE, read_jsonl
     from marl.trainer import train
 
     with tempfile.TemporaryDirectory(prefix="marl-bench-target-") as root:
         ov = [
+            *preset,
             *s.target_overrides,
             f"logger.root={root}",
             "logger.wandb.mode=disabled",
@@ -693,7 +694,7 @@ def _ours_to_target(s: Settings) -> dict[str, Any]:
     if hit["seconds"] is not None:
         hit["seconds"] += max(setup, 0.0)
     return {
-        "overrides": list(s.target_overrides),
+        "overrides": [*preset, *s.target_overrides],
         "total_timesteps": int(cfg.total_timesteps),
         "steps_per_update": int(cfg.num_envs * cfg.algo.rollout_len),
         "wall_s": wall,
@@ -707,18 +708,23 @@ def _ours_to_target(s: Settings) -> dict[str, Any]:
 def _jaxmarl_to_target(repo: Path, s: Settings) -> dict[str, Any]:
     """JaxMARL's IPPO (their published MPE config, ``TOTAL_TIMESTEPS`` = 10M): seconds from
     the start of the compiled run (compile timed apart) to the update where their logged
-    ``returned_episode_returns`` (smoothed the same way) reaches the target."""
+    ``returned_episode_returns`` (smoothed the same way) reaches the target. Their
+    ``MPELogWrapper`` logs returns times the number of agents; they are divided back to the
+    per-agent return of the target."""
     import jax
+    import jaxmarl
 
     mod, config = load_jaxmarl_ippo(repo)
     config = dict(config)
     config["TOTAL_TIMESTEPS"] = s.target_jaxmarl_timesteps
+    n_agents = jaxmarl.make(config["ENV_NAME"], **config.get("ENV_KWARGS", {})).num_agents
     log: list[tuple[float, float]] = []
 
     class _Recorder:  # their per-update io_callback(wandb.log): keep time and return
         @staticmethod
         def log(metric: dict[str, Any], *_a: Any, **_k: Any) -> None:
-            log.append((_now(), float(np.mean(metric["returned_episode_returns"]))))
+            ret = float(np.mean(metric["returned_episode_returns"])) / n_agents
+            log.append((_now(), ret))
 
     mod.wandb = _Recorder()
     train = jax.jit(mod.make_train(config))
@@ -749,6 +755,10 @@ def bench_target(s: Settings, repo: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"target": LEARNING_TARGET, "smooth": TARGET_SMOOTH}
     out["ours"] = _ours_to_target(s)
     _log(f"target: ours {out['ours']['seconds']} s (update {out['ours']['update']})")
+    # like for like: JaxMARL's IPPO numbers in our trainer (our env, episode length, metric)
+    out["ours_jaxmarl_config"] = _ours_to_target(s, ["preset=jaxmarl_ippo_mpe"])
+    r = out["ours_jaxmarl_config"]
+    _log(f"target: jaxmarl config in marl {r['seconds']} s (update {r['update']})")
     if repo:
         out["jaxmarl"] = _jaxmarl_to_target(Path(repo), s)
         _log(f"target: jaxmarl {out['jaxmarl']['seconds']} s (update {out['jaxmarl']['update']})")
@@ -931,6 +941,12 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             if ref is None:
                 ref, note = theirs["wall_s"], "JaxMARL did not reach it: its whole run"
             detail = f"ours {ours['seconds']:.0f} s, {note} {ref:.0f} s"
+            same = tt.get("ours_jaxmarl_config") or {}
+            if same.get("seconds"):
+                detail += (
+                    f"; their config in marl {same['seconds']:.0f} s "
+                    f"({ours['seconds'] / same['seconds']:.2f}x)"
+                )
             t = _verdict("time_to_target", ours["seconds"] / ref, detail)
         out.append(t)
     seeds = (res.get("scaling") or {}).get("num_seeds") or []
@@ -1063,6 +1079,7 @@ def print_report(res: dict[str, Any], console: Any = None) -> None:
             t.add_column(c, justify="right")
         for name, r in (
             ("ours: marl train (defaults)", tt.get("ours")),
+            ("ours: preset=jaxmarl_ippo_mpe", tt.get("ours_jaxmarl_config")),
             ("JaxMARL ippo_ff_mpe.py", tt.get("jaxmarl")),
         ):
             if not r:

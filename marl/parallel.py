@@ -12,7 +12,11 @@ batch learns the same, within float tolerance, on one device or many.
 Several hosts (or processes) join one run through ``jax.distributed`` (:func:`init_distributed`,
 the ``distributed.*`` config keys): every process runs the same program on the same config,
 the mesh spans every process's devices, each process steps its share of the environment
-copies, and process 0 writes the run directory. Launch, one command per host::
+copies, and process 0 writes the run directory. A checkpoint gathers the environment state of
+every process (:func:`gather_to_host`) and every process takes part in one orbax save (process
+0 writes it), so the run directory must be on a filesystem every host sees; a resume gives
+every process the whole state back and each takes its share (:func:`to_global`). Launch, one
+command per host::
 
     marl train devices=all distributed.coordinator=HOST0:12345 \
         distributed.num_processes=2 distributed.process_id=0    # on host 0
@@ -26,6 +30,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from marl.errors import ConfigError
@@ -105,3 +110,30 @@ def init_distributed(coordinator: str | None, num_processes: int, process_id: in
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
+
+
+# ------------------------------------------------------------------ several processes
+def broadcast_text(text: str, limit: int = 4096) -> str:
+    """Process 0's ``text`` on every process (e.g. the run directory it created)."""
+    buf = np.zeros(limit, np.uint8)
+    if jax.process_index() == 0:
+        raw = text.encode()
+        if len(raw) > limit:
+            raise ConfigError(f"{text[:60]}...: longer than {limit} bytes")
+        buf[: len(raw)] = np.frombuffer(raw, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    return bytes(out).rstrip(b"\0").decode()
+
+
+def gather_to_host(tree: Any) -> Any:
+    """The full value of every leaf as numpy on every process: arrays split over the devices
+    of several processes are all-gathered (a collective: every process must call it)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)

@@ -29,7 +29,14 @@ from marl.agents import make_policy
 from marl.config import to_dict, validate
 from marl.envs.core import EnvSpec
 from marl.errors import ConfigError, MarlError
-from marl.parallel import make_mesh, runner_shardings, select_devices, to_global
+from marl.parallel import (
+    broadcast_text,
+    gather_to_host,
+    make_mesh,
+    runner_shardings,
+    select_devices,
+    to_global,
+)
 from marl.ppo import PPOConfig, TrainState, ValueNorm
 from marl.rollout import (
     HostRollout,
@@ -364,8 +371,6 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
 
     resume_dir = Path(cfg.resume) if cfg.resume else None
     multi_process = jax.process_count() > 1
-    if multi_process and resume_dir is not None:
-        raise ConfigError("resume is not supported in multi-process training yet")
     if resume_dir is not None:
         if not (resume_dir / "config.yaml").is_file():
             raise ConfigError(f"resume={resume_dir}: not a run directory (no config.yaml)")
@@ -377,16 +382,14 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         Schedule.of(cfg)  # config errors end the run before it makes a directory
         _check_minibatches(cfg)
         run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
-    else:  # other processes of a multi-process run log nothing
-        run_dir = Path(cfg.logger.root) / experiment_name(cfg) / f"process-{jax.process_index()}"
+    else:  # other processes of a multi-process run: process 0's directory (below)
+        run_dir = None
+    if multi_process:  # one run directory, process 0's; only process 0 logs
+        run_dir = Path(broadcast_text(str(run_dir) if jax.process_index() == 0 else ""))
     trainer = Trainer(cfg, run_dir)
     sched = trainer.sched
-    if multi_process:
-        # Checkpoints hold numpy copies of every leaf; gathering environment states across
-        # hosts is not implemented yet, so multi-process runs are not checkpointed.
-        ckpt = _NoCheckpoints()
-    else:
-        ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep)
+    # every process takes part in each save (orbax synchronises them; process 0 writes)
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep)
     runner = trainer.init_runner()
     best = {"params": runner.train.params, "score": np.full((trainer.S,), -np.inf, np.float32)}
     start, evals_done = 0, 0
@@ -398,7 +401,15 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         }
         if trainer.kind != "jax":  # the environments live in worker processes
             template["runner"] = runner._replace(ts=None)
-        state, meta = ckpt.restore(template)
+        if multi_process:  # every process reads the whole state and takes its share
+            state, meta = ckpt.restore(gather_to_host(template))
+            replicated = NamedSharding(trainer.mesh, PartitionSpec())
+            state["runner"] = to_global(state["runner"], trainer._shardings)
+            state["best_params"] = to_global(
+                state["best_params"], jax.tree.map(lambda _: replicated, state["best_params"])
+            )
+        else:
+            state, meta = ckpt.restore(template)
         runner = state["runner"]
         if trainer.kind != "jax":
             runner = trainer.restart_host_envs(runner, int(meta["update"]))
@@ -482,7 +493,7 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
                     }
                     last_ckpt = ckpt.save(
                         update,
-                        state,
+                        gather_to_host(state) if multi_process else state,
                         {"update": update, "evals": evals_done, "env_steps": env_steps},
                     )
                 if stop_after_chunks is not None and i + 1 >= stop_after_chunks:
@@ -524,14 +535,6 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         logger.close()
         ckpt.close()
     return run_dir
-
-
-class _NoCheckpoints:
-    def save(self, *args, **kwargs):
-        return None
-
-    def close(self) -> None:
-        pass
 
 
 class _NoLogger:

@@ -125,3 +125,63 @@ def test_two_processes_train_together(two_devices, tmp_path):
     # 2 processes x 4 copies learn what one process with 8 copies learns
     np.testing.assert_allclose(losses, two_devices["1"], rtol=1e-4, atol=1e-6)
     assert not (tmp_path / "mh" / "process-1").exists()  # only process 0 writes
+
+
+INTERRUPTED = textwrap.dedent("""
+    import sys
+    from marl.config import compose
+    from marl.parallel import init_distributed
+    port, pid, root, tiny = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    init_distributed(f"127.0.0.1:{port}", 2, pid)
+    from marl.trainer import train
+    cfg = compose(tiny + ["devices=all", "experiment=mhr", f"logger.root={root}"])
+    print(train(cfg, stop_after_chunks=1))
+""")
+
+
+def _two_processes(argv_of, timeout=400):
+    procs = [
+        subprocess.Popen(
+            argv_of(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return [o.strip().splitlines()[-1] for o, _ in outs]
+
+
+def test_two_processes_checkpoint_and_resume(two_devices, tmp_path):
+    """A checkpoint holds the environment copies of both processes; a run stopped after its
+    first chunk and resumed (``marl train resume=...`` on both processes) ends as an
+    uninterrupted single-process run does."""
+    port = _free_port()
+    runs = _two_processes(
+        lambda i: [sys.executable, "-c", INTERRUPTED, str(port), str(i), str(tmp_path), *TINY]
+    )
+    run = Path(runs[0])
+    assert runs[1] == runs[0]  # every process knows process 0's run directory
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8]  # the first chunk's checkpoint, nothing later
+    port = _free_port()
+    _two_processes(
+        lambda i: [
+            sys.executable,
+            "-m",
+            "marl.cli",
+            "train",
+            f"resume={run}",
+            f"distributed.coordinator=127.0.0.1:{port}",
+            "distributed.num_processes=2",
+            f"distributed.process_id={i}",
+        ]
+    )
+    losses = [json.loads(line)["loss/total"] for line in (run / "metrics.jsonl").open()]
+    np.testing.assert_allclose(losses, two_devices["1"], rtol=1e-4, atol=1e-6)
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8, 16]
+    # the checkpoint holds every copy: 4 per process, 8 in all
+    manifest = json.loads((run / "checkpoints" / "16" / "manifest" / "metadata").read_text())
+    shapes = dict(zip(manifest["paths"], manifest["shapes"], strict=True))
+    assert shapes["['runner'].first"] == [1, 8]
