@@ -154,14 +154,21 @@ class HostRollout:
         self.venv, self.policy = venv, policy
         self.S, self.E = num_seeds, num_envs
 
-        def act(params, hidden, ts: TimeStep, first, key, greedy: bool):
-            # input building, acting and dropping the time axis in one compiled call: the
-            # host loop pays one dispatch per step, not one per small array operation
-            h, a, lp, v = policy.act(params, hidden, policy_input(ts, first), key, greedy)
+        def act(params, hidden, inp: PolicyInput, key, greedy: bool):
+            # acting and dropping the time axis in one compiled call: the host loop pays one
+            # dispatch per step (with only the policy's inputs to transfer), not one per
+            # small array operation
+            inp = jax.tree.map(lambda x: x[None], inp)
+            h, a, lp, v = policy.act(params, hidden, inp, key, greedy)
             return h, a[0], lp[0], v[0]
 
-        self._act = jax.jit(jax.vmap(lambda p, h, ts, f, k: act(p, h, ts, f, k, False)))
-        self._act_greedy = jax.jit(jax.vmap(lambda p, h, ts, f, k: act(p, h, ts, f, k, True)))
+        self._act = jax.jit(jax.vmap(lambda p, h, i, k: act(p, h, i, k, False)))
+        self._act_greedy = jax.jit(jax.vmap(lambda p, h, i, k: act(p, h, i, k, True)))
+
+    @staticmethod
+    def policy_input(ts: TimeStep, first) -> PolicyInput:
+        """The policy's ``[S, E, ...]`` input from a host time step (numpy, no time axis)."""
+        return PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
 
     def split(self, ts: TimeStep) -> TimeStep:
         """``[S * E, ...]`` -> ``[S, E, ...]``."""
@@ -177,10 +184,10 @@ class HostRollout:
         keys = np.asarray(jax.random.split(key, steps * self.S)).reshape(steps, self.S, -1)
         first = np.asarray(first)
         for t in range(steps):
-            hidden, action, logp, value = self._act(params, hidden, ts, first, keys[t])
+            inp = self.policy_input(ts, first)
+            hidden, action, logp, value = self._act(params, hidden, inp, keys[t])
             action, logp, value = jax.device_get((action, logp, value))
             nxt = self.split(self.venv.step(action.reshape(self.S * self.E, *action.shape[2:])))
-            inp = PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
             trs.append(Transition(inp, action, logp, value, nxt.reward, nxt.episode_done))
             sums.append(nxt)
             ts, first = nxt, nxt.episode_done
@@ -206,7 +213,7 @@ class HostRollout:
             keys = jax.random.split(jax.random.fold_in(key, round_), max_steps * self.S)
             keys = np.asarray(keys).reshape(max_steps, self.S, -1)
             for t in range(max_steps):
-                hidden, action, _, _ = act(params, hidden, ts, first, keys[t])
+                hidden, action, _, _ = act(params, hidden, self.policy_input(ts, first), keys[t])
                 a = np.asarray(action)
                 ts = self.split(self.venv.step(a.reshape(self.S * self.E, *a.shape[2:])))
                 new = ts.episode_done & ~finished
