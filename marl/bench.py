@@ -667,8 +667,10 @@ def first_reach(
 
 def _ours_to_target(s: Settings, preset: Sequence[str] = ()) -> dict[str, Any]:
     """``marl train`` with the defaults (MAPPO, 1 seed) or ``preset``, in this process: wall
-    seconds from the start of ``train`` (config to run directory, compile and evaluations
-    included) to the update where the smoothed training return reaches the target."""
+    seconds from the start of ``train`` (set-up, compile and evaluations included) to the
+    update where the smoothed training return reaches the target. An upper bound: the time
+    before the training loop is taken as ``train``'s wall time minus the loop's, so the work
+    after the last update (the final evaluation) is counted too."""
     from marl.config import compose
     from marl.runlog import METRICS_FILE, read_jsonl
     from marl.trainer import train
@@ -688,7 +690,7 @@ def _ours_to_target(s: Settings, preset: Sequence[str] = ()) -> dict[str, Any]:
         rows = [r for r in read_jsonl(Path(run_dir) / METRICS_FILE) if r["seed"] == 0]
     rows.sort(key=lambda r: r["update"])
     ret = [np.nan if r["train/episode_return"] is None else r["train/episode_return"] for r in rows]
-    # perf/elapsed_s counts from the training loop's start; add the set-up before it
+    # perf/elapsed_s counts from the training loop's start; add everything outside the loop
     setup = wall - rows[-1]["perf/elapsed_s"] if rows else 0.0
     hit = first_reach(ret, [r["perf/elapsed_s"] for r in rows], LEARNING_TARGET, TARGET_SMOOTH)
     if hit["seconds"] is not None:

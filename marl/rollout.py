@@ -35,11 +35,14 @@ class Runner(NamedTuple):
     key: jax.Array
 
 
+def step_input(ts: TimeStep, first: Any) -> PolicyInput:
+    """The policy's input of one step, no time axis, from a time step (jax or numpy)."""
+    return PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
+
+
 def policy_input(ts: TimeStep, first: jax.Array) -> PolicyInput:
     """A one-step ``[1, E, ...]`` policy input from a ``[E, ...]`` time step."""
-    return jax.tree.map(
-        lambda x: x[None], PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
-    )
+    return jax.tree.map(lambda x: x[None], step_input(ts, first))
 
 
 def episode_sums(ts: TimeStep, has_win: bool, axis=None) -> dict[str, Any]:
@@ -165,11 +168,6 @@ class HostRollout:
         self._act = jax.jit(jax.vmap(lambda p, h, i, k: act(p, h, i, k, False)))
         self._act_greedy = jax.jit(jax.vmap(lambda p, h, i, k: act(p, h, i, k, True)))
 
-    @staticmethod
-    def policy_input(ts: TimeStep, first) -> PolicyInput:
-        """The policy's ``[S, E, ...]`` input from a host time step (numpy, no time axis)."""
-        return PolicyInput(ts.obs, ts.state, ts.avail_actions, first, ts.alive)
-
     def split(self, ts: TimeStep) -> TimeStep:
         """``[S * E, ...]`` -> ``[S, E, ...]``."""
         return jax.tree.map(lambda x: np.asarray(x).reshape(self.S, self.E, *x.shape[1:]), ts)
@@ -184,7 +182,7 @@ class HostRollout:
         keys = np.asarray(jax.random.split(key, steps * self.S)).reshape(steps, self.S, -1)
         first = np.asarray(first)
         for t in range(steps):
-            inp = self.policy_input(ts, first)
+            inp = step_input(ts, first)
             hidden, action, logp, value = self._act(params, hidden, inp, keys[t])
             action, logp, value = jax.device_get((action, logp, value))
             nxt = self.split(self.venv.step(action.reshape(self.S * self.E, *action.shape[2:])))
@@ -213,7 +211,7 @@ class HostRollout:
             keys = jax.random.split(jax.random.fold_in(key, round_), max_steps * self.S)
             keys = np.asarray(keys).reshape(max_steps, self.S, -1)
             for t in range(max_steps):
-                hidden, action, _, _ = act(params, hidden, self.policy_input(ts, first), keys[t])
+                hidden, action, _, _ = act(params, hidden, step_input(ts, first), keys[t])
                 a = np.asarray(action)
                 ts = self.split(self.venv.step(a.reshape(self.S * self.E, *a.shape[2:])))
                 new = ts.episode_done & ~finished

@@ -401,13 +401,11 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         }
         if trainer.kind != "jax":  # the environments live in worker processes
             template["runner"] = runner._replace(ts=None)
-        if multi_process:  # every process reads the whole state and takes its share
+        if multi_process:  # every process reads the whole state (run_chunk takes its share)
             state, meta = ckpt.restore(gather_to_host(template))
-            replicated = NamedSharding(trainer.mesh, PartitionSpec())
-            state["runner"] = to_global(state["runner"], trainer._shardings)
-            state["best_params"] = to_global(
-                state["best_params"], jax.tree.map(lambda _: replicated, state["best_params"])
-            )
+            if trainer.mesh is not None:
+                shardings = trainer._shardings.train.params
+                state["best_params"] = to_global(state["best_params"], shardings)
         else:
             state, meta = ckpt.restore(template)
         runner = state["runner"]
