@@ -7,16 +7,20 @@ from typing import Any
 from marl.envs.core import EnvSpec
 from marl.errors import unknown
 
-# Algorithms built on the actor-critic PPO policy; MAT, CommFormer, MRA and AMI add theirs.
+# Algorithms built on the actor-critic PPO policy; MRA and AMI add theirs.
 ACTOR_CRITIC = ("ippo", "mappo", "ippo_rnn", "mappo_rnn")
+TRANSFORMER = ("mat", "commformer")  # marl.agents.mat.MATPolicy, graph from algo.graph
+ALGORITHMS = ACTOR_CRITIC + TRANSFORMER
 
 
 def make_policy(algo: Any, spec: EnvSpec, total_updates: int):
     """The policy of algorithm config ``algo`` (an ``AlgoConfig``) for environment ``spec``."""
+    if algo.name not in ALGORITHMS:
+        raise unknown("algorithm", algo.name, ALGORITHMS)
+    if algo.name in TRANSFORMER:
+        return _transformer(algo, spec, total_updates)
     from marl.agents.actor_critic import ActorCriticPolicy, NetworkConfig
 
-    if algo.name not in ACTOR_CRITIC:
-        raise unknown("algorithm", algo.name, ACTOR_CRITIC)
     net = algo.network
     return ActorCriticPolicy(
         spec,
@@ -31,4 +35,33 @@ def make_policy(algo: Any, spec: EnvSpec, total_updates: int):
         anneal_lr=bool(algo.anneal_lr),
         total_updates=total_updates,
         updates_per_step=int(algo.update_epochs) * int(algo.num_minibatches),
+    )
+
+
+def _transformer(algo: Any, spec: EnvSpec, total_updates: int):
+    from marl.agents.mat import GateConfig, GraphConfig, MATPolicy
+
+    net, g = algo.network, algo.graph
+    return MATPolicy(
+        spec,
+        dim=int(net.embed_dim),
+        heads=int(net.num_heads),
+        blocks=int(net.num_blocks),
+        share_heads=bool(algo.share_params),
+        graph=GraphConfig(
+            str(g.mode),
+            float(g.sparsity),
+            float(g.lr),
+            int(g.period),
+            int(g.warmup),
+            float(g.freeze),
+            float(g.temperature),
+        ),
+        gating=GateConfig(bool(algo.gating), float(algo.gate_penalty), float(algo.gate_threshold)),
+        lr=float(algo.lr),
+        max_grad_norm=float(algo.max_grad_norm),
+        anneal_lr=bool(algo.anneal_lr),
+        total_updates=total_updates,
+        update_epochs=int(algo.update_epochs),
+        num_minibatches=int(algo.num_minibatches),
     )

@@ -154,7 +154,7 @@ class ActorCriticPolicy:
         m = self._action_mask  # padded action dimensions do not count
         return (dist.log_prob(actions) * m).sum(-1), (dist.entropy() * m).sum(-1)
 
-    def act(self, params, hidden, inp: PolicyInput, key: jax.Array, greedy: bool = False):
+    def act(self, params, hidden, inp: PolicyInput, key: jax.Array, greedy: bool = False, ctx=None):
         """One step for ``inp`` with a time axis of 1: returns
         ``(hidden, actions [1, E, A(, nA)], logp [1, E, A], value [1, E, A])``."""
         h_a, h_c = hidden
@@ -172,9 +172,9 @@ class ActorCriticPolicy:
         logp, _ = self._logp_entropy(dist, actions)
         return (h_a, h_c), actions, logp, value
 
-    def evaluate(self, params, hidden, inp: PolicyInput, actions: jax.Array):
+    def evaluate(self, params, hidden, inp: PolicyInput, actions: jax.Array, ctx=None):
         """Teacher-forced pass over a whole ``[T, E, A]`` sequence from ``hidden``:
-        ``(logp, entropy, value)``, each ``[T, E, A]``."""
+        ``(logp, entropy, value)``, each ``[T, E, A]`` (deterministic: ``ctx`` is unused)."""
         h_a, h_c = hidden
         _, out = self._apply(self.actor, params["actor"], h_a, inp.obs, inp.first)
         _, value = self._apply(

@@ -62,6 +62,13 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
         "x",
     ),
     "policy_in_loop": ("jitted policy in the loop vs random-action stepping", ">=", 0.8, "x"),
+    "mat_vs_mappo": ("MAT training steps/s vs MAPPO's, smax/3m, same batch", ">=", 0.5, "x"),
+    "commformer_vs_mappo": (
+        "CommFormer training steps/s vs MAPPO's, smax/3m, same batch",
+        ">=",
+        0.5,
+        "x",
+    ),
     "seeds_8_vs_1": ("wall time of 8 vmapped seeds vs 1, same steps per seed", "<=", 4.0, "x"),
     "time_to_target": (
         "default MAPPO time to -19.8 vs JaxMARL IPPO's (mpe/simple_spread)",
@@ -428,7 +435,13 @@ def _policy_in_loop(E: int, steps: int, repeats: int, workers: int) -> dict[str,
 
         def roll(i: int) -> None:
             out = host.rollout(
-                params, state["ts"], state["hidden"], state["first"], jax.random.PRNGKey(i), steps
+                params,
+                state["ts"],
+                state["hidden"],
+                state["first"],
+                jax.random.PRNGKey(i),
+                steps,
+                jnp.zeros((1,), jnp.int32),
             )
             _block(out[3])
             state["ts"], state["hidden"], state["first"] = out[0], out[1], out[2]
@@ -491,6 +504,12 @@ def train_configs(s: Settings) -> list[tuple[str, list[str]]]:
         ("mappo mpe defaults", ["env=mpe/simple_spread", "algo=mappo"]),
         ("ippo smax/3m defaults", ["env=smax/3m", "algo=ippo"]),
         ("mappo smax/3m defaults", ["env=smax/3m", "algo=mappo"]),
+        # the transformers on MAPPO's batch (64 envs x 128 steps), each with its own epochs
+        ("mat smax/3m", ["env=smax/3m", "algo=mat", "num_envs=64", "algo.rollout_len=128"]),
+        (
+            "commformer smax/3m",
+            ["env=smax/3m", "algo=commformer", "num_envs=64", "algo.rollout_len=128"],
+        ),
         ("mappo pz/mpe2 (bridge)", ["env=pz/mpe2_simple_spread", "algo=mappo"]),
     ]
     if s.quick:  # tiny rollouts: smoke test of the machinery, not a measurement
@@ -799,8 +818,8 @@ def bench_scaling(s: Settings) -> dict[str, Any]:
 _CHILD = r"""
 import json, sys, time
 t_start = time.perf_counter()
-from marl.cli import _enable_compile_cache
-_enable_compile_cache()
+from marl.cli import enable_compile_cache
+enable_compile_cache()
 import jax
 from marl.config import compose
 from marl.trainer import Trainer
@@ -951,6 +970,14 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             t = _verdict("time_to_target", ours["seconds"] / ref, detail)
         out.append(t)
+    mappo = train.get("mappo smax/3m defaults")
+    for algo in ("mat", "commformer"):
+        r = train.get(f"{algo} smax/3m")
+        if mappo and r:
+            detail = f"{r['steps_per_s']:,.0f} vs {mappo['steps_per_s']:,.0f} steps/s"
+            out.append(
+                _verdict(f"{algo}_vs_mappo", r["steps_per_s"] / mappo["steps_per_s"], detail)
+            )
     seeds = (res.get("scaling") or {}).get("num_seeds") or []
     if len(seeds) > 1:
         last = seeds[-1]

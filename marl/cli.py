@@ -95,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # compilation cache) must come after joining a multi-process run
     d = cfg.distributed
     init_distributed(d.coordinator, int(d.num_processes), int(d.process_id))
-    _enable_compile_cache()
+    enable_compile_cache()
     from marl.trainer import train
 
     run_dir = train(cfg)
@@ -104,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    _enable_compile_cache()
+    enable_compile_cache()
     from marl.evaluate import evaluate_run
 
     result = evaluate_run(
@@ -130,7 +130,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
-def _enable_compile_cache() -> None:
+def enable_compile_cache() -> None:
     """Persistent XLA compilation cache: a second launch of a config skips its compile."""
     import jax
 
@@ -187,9 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def single_thread_eigen() -> None:
+    """Run XLA:CPU's Eigen kernels single-threaded unless ``XLA_FLAGS`` says otherwise.
+
+    With the multi-threaded Eigen pool, long vmapped training programs (several seeds, a
+    transformer's update) now and then never return on the CPU (jax 0.10.2: the main thread
+    waits on a result the pool never delivers; seen here twice in one afternoon on MAT runs).
+    Only the CPU backend reads the flag; call this before JAX starts its backend.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marl`` console script."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    single_thread_eigen()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:

@@ -39,6 +39,23 @@ class NetworkSchema:
     activation: str = "tanh"
     recurrent: bool = False
     gru_features: int = 64
+    # transformers (MAT, CommFormer)
+    embed_dim: int = 64
+    num_blocks: int = 1
+    num_heads: int = 1
+
+
+@dataclass
+class GraphSchema:
+    """The communication graph of MAT-style policies (``marl.agents.mat.GraphConfig``)."""
+
+    mode: str = "full"  # full (MAT) | learned (CommFormer) | none (self loops only)
+    sparsity: float = 0.4  # S: k = max(int(N * S), 1) senders per receiver
+    lr: float = 1e-4
+    period: int = 5  # every period-th PPO epoch trains only the graph
+    warmup: int = 10  # PPO updates on the raw soft mask first
+    freeze: float = 0.0  # > 0: freeze the graph after this fraction of training
+    temperature: float = 1.0
 
 
 @dataclass
@@ -54,6 +71,10 @@ class AlgoConfig(PPOConfig):
     max_grad_norm: float = 0.5
     rollout_len: int = 128
     network: NetworkSchema = field(default_factory=NetworkSchema)
+    graph: GraphSchema = field(default_factory=GraphSchema)
+    gating: bool = False  # CommFormer's temporal receive gate
+    gate_penalty: float = 0.0  # lambda * mean(gate) added to the loss
+    gate_threshold: float = 0.5
 
 
 @dataclass
@@ -117,6 +138,7 @@ _CHOICES = {
     "env.workers": ("async", "sync"),
     "logger.wandb.mode": ("offline", "online", "disabled"),
     "algo.network.activation": ("tanh", "relu", "gelu"),
+    "algo.graph.mode": ("full", "learned", "none"),
 }
 
 
@@ -198,10 +220,24 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
         "algo.num_minibatches",
         "eval.episodes",
         "eval.num_evals",
+        "algo.network.embed_dim",
+        "algo.network.num_blocks",
+        "algo.network.num_heads",
+        "algo.graph.period",
     )
     for k in positive:
         if OmegaConf.select(merged, k) < 1:
             raise ConfigError(f"{k} must be >= 1, got {OmegaConf.select(merged, k)}")
+    net = merged.algo.network
+    if net.embed_dim % net.num_heads:
+        raise ConfigError(
+            f"algo.network.embed_dim={net.embed_dim} must be a multiple of "
+            f"algo.network.num_heads={net.num_heads}"
+        )
+    if not 0.0 <= merged.algo.graph.sparsity <= 1.0:
+        raise ConfigError(
+            f"algo.graph.sparsity must be in [0, 1], got {merged.algo.graph.sparsity}"
+        )
     return merged
 
 

@@ -32,6 +32,15 @@ class PolicyInput(NamedTuple):
     alive: jax.Array  # [T, E, A]
 
 
+class TrainContext(NamedTuple):
+    """What the PPO core hands to :meth:`Policy.evaluate` in training (``None`` elsewhere):
+    fresh randomness per minibatch (Gumbel samples of a communication graph, gates) and the
+    index of the PPO update being made (warm-up and freezing schedules)."""
+
+    key: jax.Array
+    update: jax.Array  # int32 scalar, from 0
+
+
 class Policy(Protocol):
     """The pluggable piece of the trainer (see the module docstring)."""
 
@@ -47,11 +56,28 @@ class Policy(Protocol):
         """The optimiser of the parameters (parameter groups may have their own)."""
 
     def act(
-        self, params: Any, hidden: Any, inp: PolicyInput, key: jax.Array, greedy: bool = False
+        self,
+        params: Any,
+        hidden: Any,
+        inp: PolicyInput,
+        key: jax.Array,
+        greedy: bool = False,
+        ctx: TrainContext | None = None,
     ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-        """``(hidden, actions, logp, value)`` for one step (``T == 1``)."""
+        """``(hidden, actions, logp, value)`` for one step (``T == 1``). Training rollouts
+        pass ``ctx`` (its ``update`` is the update the rollout feeds), so that a policy whose
+        structure follows a schedule (CommFormer's graph warm-up) acts as it will be trained;
+        evaluation passes none."""
 
     def evaluate(
-        self, params: Any, hidden: Any, inp: PolicyInput, actions: jax.Array
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(logp, entropy, value)`` of ``actions`` over a whole ``[T, E, A]`` rollout."""
+        self,
+        params: Any,
+        hidden: Any,
+        inp: PolicyInput,
+        actions: jax.Array,
+        ctx: TrainContext | None = None,
+    ) -> tuple[jax.Array, ...]:
+        """``(logp, entropy, value)`` of ``actions`` over a whole ``[T, E, A]`` rollout, and
+        optionally a fourth item, a dict of extra scalars: they are logged with the losses,
+        and the one named ``"aux_loss"`` is added to the PPO loss (a communication penalty,
+        say). ``ctx`` is given in training only; without it the pass is deterministic."""

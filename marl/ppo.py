@@ -7,14 +7,16 @@ Array order everywhere: ``[time, env, agent, ...]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from marl.policy import Policy, PolicyInput
+from marl.policy import Policy, PolicyInput, TrainContext
 
 
 @dataclass
@@ -28,6 +30,7 @@ class PPOConfig:
     update_epochs: int = 4
     num_minibatches: int = 4
     value_norm: bool = True
+    huber_delta: float = 0.0  # > 0: Huber value loss with this delta (MAT's 10); 0: squared
 
 
 class Transition(NamedTuple):
@@ -82,6 +85,17 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     value_norm: ValueNorm
+    update: Any = np.int32(0)  # PPO updates made so far (a policy's schedules read it)
+
+
+def scan(f, init, xs):
+    """``jax.lax.scan``, or one direct call when the length is 1: a length-1 scan nested in
+    the training loops under ``vmap`` over seeds can hang XLA:CPU (jax 0.10.2), e.g. with a
+    single minibatch, or a chunk of one update."""
+    if jax.tree.leaves(xs)[0].shape[0] == 1:
+        carry, y = f(init, jax.tree.map(lambda x: x[0], xs))
+        return carry, jax.tree.map(lambda v: v[None], y)
+    return jax.lax.scan(f, init, xs)
 
 
 def gae(
@@ -113,6 +127,36 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def _value_error(x: jax.Array, delta: float) -> jax.Array:
+    """``0.5 x^2``, or the Huber loss of ``x`` when ``delta > 0``."""
+    if delta > 0:
+        return optax.losses.huber_loss(x, delta=delta)
+    return 0.5 * x**2
+
+
+def epoch_groups(
+    groups: dict[str, optax.GradientTransformation],
+    active: dict[str, Callable[[jax.Array], jax.Array]],
+    labels: Callable[[Any], Any],
+    steps_per_epoch: int,
+) -> optax.GradientTransformation:
+    """Parameter groups that train in different PPO epochs (CommFormer's bi-level schedule).
+
+    ``groups`` maps a label to its optimiser, ``labels(params)`` labels the parameters (as
+    :func:`optax.multi_transform`), and ``active[label](epoch)`` says whether the group steps
+    in PPO epoch ``epoch``, counted from 0 over the whole run (``steps_per_epoch`` optimiser
+    steps, the minibatches, make one epoch). A group without an entry always steps. In the
+    other epochs the group's update is zero and its optimiser state (moments, counts) does
+    not move.
+    """
+
+    def gate(tx, fn):
+        return optax.transforms.conditionally_mask(tx, lambda step: fn(step // steps_per_epoch))
+
+    txs = {k: gate(tx, active[k]) if k in active else tx for k, tx in groups.items()}
+    return optax.multi_transform(txs, labels)
+
+
 def ppo_loss(
     policy: Policy,
     cfg: PPOConfig,
@@ -122,11 +166,15 @@ def ppo_loss(
     adv: jax.Array,
     target: jax.Array,
     old_value: jax.Array,
+    ctx: TrainContext | None = None,
 ):
     """Clipped policy loss, clipped value loss and entropy bonus, averaged over the agents
-    present (``alive``). ``target`` and ``old_value`` are in the critic's (normalised) units."""
+    present (``alive``), plus the policy's auxiliary loss if it returns one. ``target`` and
+    ``old_value`` are in the critic's (normalised) units."""
     mask = batch.inp.alive.astype(jnp.float32)
-    logp, entropy, value = policy.evaluate(params, hidden, batch.inp, batch.action)
+    out = policy.evaluate(params, hidden, batch.inp, batch.action, ctx)
+    logp, entropy, value = out[:3]
+    extras = dict(out[3]) if len(out) > 3 else {}
     ratio = jnp.exp(logp - batch.logp)
     adv_mean = _masked_mean(adv, mask)
     adv_std = jnp.sqrt(_masked_mean((adv - adv_mean) ** 2, mask))
@@ -134,11 +182,16 @@ def ppo_loss(
     actor = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
     actor_loss = _masked_mean(actor, mask)
     v_clipped = old_value + jnp.clip(value - old_value, -cfg.value_clip_eps, cfg.value_clip_eps)
-    value_loss = 0.5 * _masked_mean(
-        jnp.maximum((value - target) ** 2, (v_clipped - target) ** 2), mask
+    value_loss = _masked_mean(
+        jnp.maximum(
+            _value_error(value - target, cfg.huber_delta),
+            _value_error(v_clipped - target, cfg.huber_delta),
+        ),
+        mask,
     )
     ent = _masked_mean(entropy, mask)
-    total = actor_loss + cfg.vf_coef * value_loss - cfg.ent_coef * ent
+    aux = extras.pop("aux_loss", jnp.zeros(()))
+    total = actor_loss + cfg.vf_coef * value_loss - cfg.ent_coef * ent + aux
     approx_kl = _masked_mean((ratio - 1) - (logp - batch.logp), mask)
     clip_frac = _masked_mean((jnp.abs(ratio - 1) > cfg.clip_eps).astype(jnp.float32), mask)
     return total, {
@@ -148,6 +201,8 @@ def ppo_loss(
         "loss/approx_kl": approx_kl,
         "loss/clip_frac": clip_frac,
         "loss/total": total,
+        "loss/aux": aux,
+        **extras,
     }
 
 
@@ -169,7 +224,8 @@ def ppo_update(
     individual steps.
     """
     # Bootstrap value of the observation after the last step.
-    _, _, _, last_value = policy.act(state.params, last_hidden, last_inp, key, greedy=True)
+    ctx = TrainContext(key, jnp.asarray(state.update, jnp.int32))
+    _, _, _, last_value = policy.act(state.params, last_hidden, last_inp, key, True, ctx)
     vn = state.value_norm
     denorm = vn.denormalize if cfg.value_norm else (lambda x: x)
     values = denorm(traj.value)
@@ -190,6 +246,8 @@ def ppo_update(
 
     def epoch(carry, k):
         params, opt_state = carry
+        # one sample of the policy's own randomness per minibatch (the shuffle keeps `k`)
+        ctx_keys = jax.random.split(jax.random.fold_in(k, 1), nm)
         if recurrent:
             perm = jax.random.permutation(k, E)
             # [T, E, ...] -> [nm, T, E/nm, ...]
@@ -211,20 +269,21 @@ def ppo_update(
 
         def minibatch(carry, mb):
             params, opt_state = carry
-            (batch, a, tg, ov), hid = mb
+            (batch, a, tg, ov), hid, k_mb = mb
+            ctx = TrainContext(k_mb, jnp.asarray(state.update, jnp.int32))
             grads, metrics = jax.grad(
-                lambda p: ppo_loss(policy, cfg, p, hid, batch, a, tg, ov), has_aux=True
+                lambda p: ppo_loss(policy, cfg, p, hid, batch, a, tg, ov, ctx), has_aux=True
             )(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             metrics["loss/grad_norm"] = optax.tree.norm(grads)
             return (params, opt_state), metrics
 
-        return jax.lax.scan(minibatch, (params, opt_state), (mbs, h))
+        return scan(minibatch, (params, opt_state), (mbs, h, ctx_keys))
 
-    (params, opt_state), metrics = jax.lax.scan(
+    (params, opt_state), metrics = scan(
         epoch, (state.params, state.opt_state), jax.random.split(key, cfg.update_epochs)
     )
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["value/mean_target"] = _masked_mean(targets, traj.inp.alive.astype(jnp.float32))
-    return TrainState(params, opt_state, vn), metrics
+    return TrainState(params, opt_state, vn, state.update + 1), metrics

@@ -20,7 +20,7 @@ import numpy as np
 
 from marl.envs.core import TimeStep
 from marl.errors import MarlError
-from marl.policy import Policy, PolicyInput
+from marl.policy import Policy, PolicyInput, TrainContext
 from marl.ppo import PPOConfig, TrainState, Transition, ppo_update
 
 
@@ -75,10 +75,11 @@ def make_jax_update(env, policy: Policy, cfg: PPOConfig, optimizer, rollout_len:
     has_win = env.spec.has_win
 
     def step(carry, key):
-        params, env_state, ts, hidden, first = carry
+        params, n_update, env_state, ts, hidden, first = carry
         k_act, k_env = jax.random.split(key)
         inp = policy_input(ts, first)
-        hidden, action, logp, value = policy.act(params, hidden, inp, k_act)
+        ctx = TrainContext(k_act, n_update)
+        hidden, action, logp, value = policy.act(params, hidden, inp, k_act, False, ctx)
         env_state, ts_next = env.step_batch(k_env, env_state, action[0])
         tr = Transition(
             jax.tree.map(lambda x: x[0], inp),
@@ -89,12 +90,20 @@ def make_jax_update(env, policy: Policy, cfg: PPOConfig, optimizer, rollout_len:
             ts_next.episode_done,
         )
         stats = episode_sums(ts_next, has_win)
-        return (params, env_state, ts_next, hidden, ts_next.episode_done), (tr, stats)
+        return (params, n_update, env_state, ts_next, hidden, ts_next.episode_done), (tr, stats)
 
     def run(runner: Runner) -> tuple[Runner, dict[str, jax.Array]]:
         key, k_roll, k_upd = jax.random.split(runner.key, 3)
-        carry = (runner.train.params, runner.env_state, runner.ts, runner.hidden, runner.first)
-        (_, env_state, ts, hidden, first), (traj, stats) = jax.lax.scan(
+        n_update = jnp.asarray(runner.train.update, jnp.int32)
+        carry = (
+            runner.train.params,
+            n_update,
+            runner.env_state,
+            runner.ts,
+            runner.hidden,
+            runner.first,
+        )
+        (_, _, env_state, ts, hidden, first), (traj, stats) = jax.lax.scan(
             step, carry, jax.random.split(k_roll, rollout_len)
         )
         train, metrics = update(
@@ -157,15 +166,17 @@ class HostRollout:
         self.venv, self.policy = venv, policy
         self.S, self.E = num_seeds, num_envs
 
-        def act(params, hidden, inp: PolicyInput, key, greedy: bool):
+        def act(params, hidden, inp: PolicyInput, key, greedy: bool, update=None):
             # acting and dropping the time axis in one compiled call: the host loop pays one
             # dispatch per step (with only the policy's inputs to transfer), not one per
             # small array operation
             inp = jax.tree.map(lambda x: x[None], inp)
-            h, a, lp, v = policy.act(params, hidden, inp, key, greedy)
+            ctx = None if update is None else TrainContext(key, update)
+            h, a, lp, v = policy.act(params, hidden, inp, key, greedy, ctx)
             return h, a[0], lp[0], v[0]
 
         self._act = jax.jit(jax.vmap(lambda p, h, i, k: act(p, h, i, k, False)))
+        self._act_train = jax.jit(jax.vmap(lambda p, h, i, k, u: act(p, h, i, k, False, u)))
         self._act_greedy = jax.jit(jax.vmap(lambda p, h, i, k: act(p, h, i, k, True)))
 
     def split(self, ts: TimeStep) -> TimeStep:
@@ -175,15 +186,16 @@ class HostRollout:
     def reset(self, seed: int) -> TimeStep:
         return self.split(self.venv.reset(seed=seed))
 
-    def rollout(self, params, ts: TimeStep, hidden, first, key, steps: int):
-        """``steps`` steps; returns the last ``(ts, hidden, first)``, the ``[S, T, E, ...]``
-        trajectory and the per-seed episode sums."""
+    def rollout(self, params, ts: TimeStep, hidden, first, key, steps: int, update):
+        """``steps`` steps of the rollout feeding update ``update [S]``; returns the last
+        ``(ts, hidden, first)``, the ``[S, T, E, ...]`` trajectory and the per-seed episode
+        sums."""
         trs, sums = [], []
         keys = np.asarray(jax.random.split(key, steps * self.S)).reshape(steps, self.S, -1)
         first = np.asarray(first)
         for t in range(steps):
             inp = step_input(ts, first)
-            hidden, action, logp, value = self._act(params, hidden, inp, keys[t])
+            hidden, action, logp, value = self._act_train(params, hidden, inp, keys[t], update)
             action, logp, value = jax.device_get((action, logp, value))
             nxt = self.split(self.venv.step(action.reshape(self.S * self.E, *action.shape[2:])))
             trs.append(Transition(inp, action, logp, value, nxt.reward, nxt.episode_done))

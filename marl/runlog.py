@@ -9,6 +9,9 @@ A run directory ``<root>/<experiment>/<run-id>/`` holds::
     wandb_ids.json      the W&B run id of each seed (for resuming the same W&B runs)
     wandb/              W&B's files (offline runs: ``wandb sync <run_dir>/wandb/offline-run-*``)
     learning_curve.png  (plot)
+    matrices.jsonl      matrices a policy reports over training (a learned communication
+                        graph): ``{"seed", "update", "env_steps", "name", "matrix"}``
+    matrices/<name>/    each one as an image, ``seed<i>-update<u>.png``
 
 Rows are ``{"seed": i, "update": u, "env_steps": n, "group/name": value, ...}`` where
 ``seed`` is the seed *index* ``0 <= i < num_seeds``; NaN and infinities are written as
@@ -37,6 +40,7 @@ __all__ = ["RunLogger", "new_run_dir", "read_jsonl", "WANDB_MODES"]
 WANDB_MODES = ("offline", "online", "disabled")
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
+MATRICES_FILE = "matrices.jsonl"
 WANDB_IDS_FILE = "wandb_ids.json"
 
 
@@ -305,7 +309,7 @@ class RunLogger:
 
     # --------------------------------------------------------------------------- files
     def _truncate(self, update: int) -> None:
-        for name in (METRICS_FILE, EVAL_FILE):
+        for name in (METRICS_FILE, EVAL_FILE, MATRICES_FILE):
             path = self.run_dir / name
             if not path.exists():
                 continue
@@ -331,6 +335,41 @@ class RunLogger:
     def log_eval(self, rows: Iterable[Mapping]) -> None:
         """Append evaluation rows to ``eval.jsonl`` and log them to the seeds' W&B runs."""
         self._wandb_log(self._append(self.eval_path, rows))
+
+    def log_matrices(self, update: int, env_steps: int, matrices: Mapping[str, Any]) -> None:
+        """Log per-seed matrices ``{name: [S, H, W]}`` (e.g. ``comm/adjacency``): rows in
+        ``matrices.jsonl``, a PNG per seed under ``matrices/<name>/`` and a W&B image."""
+        import numpy as np
+
+        rows, images = [], []
+        for name, value in matrices.items():
+            arr = np.asarray(value, dtype=np.float32)
+            folder = self.run_dir / "matrices" / name.replace("/", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            for s in range(arr.shape[0]):
+                rows.append(
+                    {
+                        "seed": s,
+                        "update": update,
+                        "env_steps": env_steps,
+                        "name": name,
+                        "matrix": arr[s].tolist(),
+                    }
+                )
+                png = folder / f"seed{s}-update{update}.png"
+                plot_matrix(arr[s], png, f"{name} (seed {s}, {env_steps:,} steps)")
+                images.append((s, name, png))
+        self._append(self.run_dir / MATRICES_FILE, rows)
+        if not self._runs:
+            return
+        try:
+            import wandb
+
+            for s, name, png in images:
+                if s < len(self._runs):
+                    self._runs[s].log({name: wandb.Image(str(png)), "env_steps": env_steps})
+        except Exception as e:  # logging must never stop training
+            self._warn_once("image", f"W&B image logging failed: {e}")
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as ``run_dir/name`` (``.json`` added if missing), atomically."""
@@ -509,3 +548,23 @@ def plot_learning_curve(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def plot_matrix(matrix: Any, path: Path | str, title: str = "") -> Path:
+    """A small heat map of ``matrix`` (rows: receivers, columns: senders) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.6, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(matrix, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(len(matrix[0])))
+    ax.set_yticks(range(len(matrix)))
+    ax.set_xlabel("sender")
+    ax.set_ylabel("receiver")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    return Path(path)

@@ -37,7 +37,7 @@ from marl.parallel import (
     select_devices,
     to_global,
 )
-from marl.ppo import PPOConfig, TrainState, ValueNorm
+from marl.ppo import PPOConfig, TrainState, ValueNorm, scan
 from marl.rollout import (
     HostRollout,
     Runner,
@@ -159,6 +159,7 @@ class Trainer:
         self._init = jax.jit(self._init_fn)
         self._seed = np.uint32(cfg.seed % 2**32)
         self.eval_key: jax.Array | None = None  # set by `init_runner`
+        self._summaries = None  # jitted policy.summaries, on first use
         self.mesh = None
         if self.kind == "jax" and str(cfg.devices) != "1":
             devices = select_devices(str(cfg.devices), E)
@@ -185,7 +186,7 @@ class Trainer:
                     skip = (r, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
                     return jax.lax.cond(i < n, run, lambda r: skip, r)
 
-                return jax.lax.scan(body, runner, jnp.arange(self.sched.chunk))
+                return scan(body, runner, jnp.arange(self.sched.chunk))
 
             if self.mesh is None:
                 self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
@@ -265,6 +266,20 @@ class Trainer:
             return ret, length, won
         return self.host.evaluate(params, key, episodes, greedy, self.eval_steps)
 
+    def summaries(self, params) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per-seed ``(scalars [S], matrices [S, H, W])`` of the policy's ``summaries`` (a
+        learned communication graph and its density); empty for policies without one."""
+        fn = getattr(self.policy, "summaries", None)
+        if fn is None:
+            return {}, {}
+        if self._summaries is None:
+            self._summaries = jax.jit(jax.vmap(fn))
+        if jax.process_count() > 1:
+            params = jax.tree.map(np.asarray, params)
+        out = jax.device_get(self._summaries(params))
+        scalars = {k: v for k, v in out.items() if v.ndim == 1}
+        return scalars, {k: v for k, v in out.items() if v.ndim == 3}
+
     # ---------------------------------------------------------------- one chunk
     def run_chunk(self, runner: Runner, n: int) -> tuple[Runner, dict[str, np.ndarray]]:
         """``n`` updates; metrics ``[S, n]`` per name."""
@@ -286,6 +301,7 @@ class Trainer:
                 runner.first,
                 k_roll[0],
                 self.cfg.algo.rollout_len,
+                jnp.asarray(runner.train.update, jnp.int32),
             )
             last_inp = jax.vmap(policy_input)(ts, first)
             train, metrics = self._update(runner.train, traj, hidden0, last_inp, hidden, k_upd)
@@ -464,9 +480,13 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
                     # evaluation stepped the same worker copies: restart them, seeded by the
                     # update, as a resumed run does
                     runner = trainer.restart_host_envs(runner, update)
-                logger.log_eval(
-                    eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
-                )
+                erows = eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
+                scalars, matrices = trainer.summaries(runner.train.params)
+                for s, row in enumerate(erows):
+                    row.update({k: float(v[s]) for k, v in scalars.items()})
+                logger.log_eval(erows)
+                if matrices:
+                    logger.log_matrices(update, env_steps, matrices)
                 score = ret.mean(1)
                 better = score > best["score"]
                 best["params"] = jax.tree.map(

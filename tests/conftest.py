@@ -8,6 +8,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from marl.cli import single_thread_eigen  # noqa: E402
+
+single_thread_eigen()  # as `marl` does: the multi-threaded pool can wedge vmapped programs
+
 import jax  # noqa: E402
 
 _CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
