@@ -25,6 +25,23 @@ from marl.envs.core import EnvSpec
 from marl.policy import PolicyInput
 
 
+def action_dist(out, avail: jax.Array, discrete: bool):
+    """The action distribution of a network output: masked categorical logits (``avail``
+    marks legal actions), or a diagonal Gaussian from ``(mean, log_std)``."""
+    if discrete:
+        return distrax.Categorical(logits=jnp.where(avail, out, -1e9))
+    mean, log_std = out
+    return distrax.Normal(mean, jnp.exp(log_std))
+
+
+def logp_entropy(dist, actions: jax.Array, discrete: bool, action_mask: jax.Array):
+    """``(log-probability, entropy)`` per agent; for Gaussians summed over the action
+    dimensions that exist (``action_mask``; padded dimensions do not count)."""
+    if discrete:
+        return dist.log_prob(actions), dist.entropy()
+    return (dist.log_prob(actions) * action_mask).sum(-1), (dist.entropy() * action_mask).sum(-1)
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     hidden: tuple[int, ...] = (64, 64)
@@ -143,16 +160,10 @@ class ActorCriticPolicy:
         return f(params, hidden, x, first)
 
     def _dist(self, out, avail):
-        if self.spec.action_type == "discrete":
-            return distrax.Categorical(logits=jnp.where(avail, out, -1e9))
-        mean, log_std = out
-        return distrax.Normal(mean, jnp.exp(log_std))
+        return action_dist(out, avail, self.spec.action_type == "discrete")
 
     def _logp_entropy(self, dist, actions):
-        if self.spec.action_type == "discrete":
-            return dist.log_prob(actions), dist.entropy()
-        m = self._action_mask  # padded action dimensions do not count
-        return (dist.log_prob(actions) * m).sum(-1), (dist.entropy() * m).sum(-1)
+        return logp_entropy(dist, actions, self.spec.action_type == "discrete", self._action_mask)
 
     def act(self, params, hidden, inp: PolicyInput, key: jax.Array, greedy: bool = False, ctx=None):
         """One step for ``inp`` with a time axis of 1: returns

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from marl.agents.actor_critic import action_dist, logp_entropy
 from marl.agents.commformer import decoder_masks, gate, gated, num_senders, soft_graph, topk_graph
 from marl.envs.core import EnvSpec
 from marl.policy import PolicyInput, TrainContext
@@ -349,20 +349,20 @@ class MATPolicy:
 
     def _dist(self, params, out, avail):
         if self.discrete:
-            return distrax.Categorical(logits=jnp.where(avail, out, -1e9))
-        log_std = params["net"]["params"]["log_std"]
-        return distrax.Normal(out, jnp.exp(jnp.broadcast_to(log_std, out.shape)))
+            return action_dist(out, avail, True)
+        log_std = jnp.broadcast_to(params["net"]["params"]["log_std"], out.shape)
+        return action_dist((out, log_std), avail, False)
 
-    def _logp_entropy(self, dist, actions, agent_mask):
-        if self.discrete:
-            return dist.log_prob(actions), dist.entropy()
-        m = agent_mask  # padded action dimensions do not count
-        return (dist.log_prob(actions) * m).sum(-1), (dist.entropy() * m).sum(-1)
+    def _start(self, batch: int) -> jax.Array:
+        """``[B, 1, a]`` start tokens (the one-hot start action, or zeros)."""
+        start = jnp.zeros((batch, 1, self.token_dim))
+        return start.at[..., 0].set(1.0) if self.discrete else start
 
     def _flat(self, inp: PolicyInput):
         lead = inp.obs.shape[:-2]
         flat = lambda x: x.reshape(-1, *x.shape[len(lead) :])  # noqa: E731
-        return lead, flat(inp.obs), flat(inp.avail_actions)
+        unflat = lambda x: x.reshape(*lead, *x.shape[1:])  # noqa: E731
+        return lead, unflat, flat(inp.obs), flat(inp.avail_actions)
 
     def act(
         self,
@@ -376,13 +376,12 @@ class MATPolicy:
         """Decode agent by agent (a ``lax.scan`` over agents, each step a full decoder pass
         over the shifted actions so far): ``(hidden, actions, logp, value)``, ``[1, E, A]``.
         The graph is deterministic; in training rollouts (``ctx``) it follows the warm-up."""
-        lead, obs, avail = self._flat(inp)
+        lead, unflat, obs, avail = self._flat(inp)
         B, N = obs.shape[:2]
         emb, (m, s), dmasks, _ = self.masks(params, obs, ctx, sample=False)
         value, rep = self.net.apply(params["net"], emb, m, s, method=MATNet.encode)
         a_shape = (B, N) if self.discrete else (B, N, self.spec.num_actions)
-        start = jnp.zeros((B, 1, self.token_dim)).at[..., 0].set(1.0 if self.discrete else 0.0)
-        tokens = jnp.concatenate([start, jnp.zeros((B, N, self.token_dim))], axis=1)
+        tokens = jnp.concatenate([self._start(B), jnp.zeros((B, N, self.token_dim))], axis=1)
         actions = jnp.zeros(a_shape, jnp.int32 if self.discrete else jnp.float32)
 
         def step(carry, i):
@@ -391,7 +390,7 @@ class MATPolicy:
             dist = self._dist(params, out[:, i], avail[:, i])
             a = dist.mode() if greedy else dist.sample(seed=jax.random.fold_in(key, i))
             a = a.astype(actions.dtype)
-            lp, _ = self._logp_entropy(dist, a, self._action_mask[i])
+            lp, _ = logp_entropy(dist, a, self.discrete, self._action_mask[i])
             tokens = tokens.at[:, i + 1].set(self._token(a))
             return (tokens, actions.at[:, i].set(a), logp.at[:, i].set(lp)), None
 
@@ -399,23 +398,20 @@ class MATPolicy:
         (_, actions, logp), _ = jax.lax.scan(
             step, (tokens, actions, jnp.zeros((B, N))), jnp.arange(N), unroll=True
         )
-        unflat = lambda x: x.reshape(*lead, *x.shape[1:])  # noqa: E731
         return hidden, unflat(actions), unflat(logp), unflat(value)
 
     def evaluate(self, params, hidden, inp: PolicyInput, actions, ctx: TrainContext | None = None):
         """One teacher-forced pass: ``(logp, entropy, value, extras)``, ``[T, E, A]`` each;
         extras hold the graph density, the communication rate and the gate penalty."""
-        lead, obs, avail = self._flat(inp)
+        lead, unflat, obs, avail = self._flat(inp)
         B, N = obs.shape[:2]
         acts = actions.reshape(B, *actions.shape[len(lead) :])
         emb, (m, s), dmasks, g = self.masks(params, obs, ctx)
         value, rep = self.net.apply(params["net"], emb, m, s, method=MATNet.encode)
-        start = jnp.zeros((B, 1, self.token_dim)).at[..., 0].set(1.0 if self.discrete else 0.0)
-        shifted = jnp.concatenate([start, self._token(acts)[:, : N - 1]], axis=1)
+        shifted = jnp.concatenate([self._start(B), self._token(acts)[:, : N - 1]], axis=1)
         out = self.net.apply(params["net"], shifted, rep, dmasks, method=MATNet.decode)
         dist = self._dist(params, out, avail)
-        logp, entropy = self._logp_entropy(dist, acts, self._action_mask)
-        unflat = lambda x: x.reshape(*lead, *x.shape[1:])  # noqa: E731
+        logp, entropy = logp_entropy(dist, acts, self.discrete, self._action_mask)
         rate = jax.lax.stop_gradient(g).mean()
         off = 1.0 - jnp.eye(N)
         density = (s * off).sum() / jnp.maximum(off.sum() * B, 1.0)
