@@ -256,11 +256,33 @@ def _smax_marines() -> None:
     )
 
 
+def _hanabi_cards_of_rank(num_ranks: int) -> Any:
+    """Copies of each rank per colour: the standard 3, 2, .., 2, 1 for any number of ranks."""
+    import numpy as np
+
+    if not isinstance(num_ranks, int) or num_ranks < 2:
+        raise ConfigError(f"hanabi: num_ranks must be an integer >= 2, got {num_ranks!r}")
+    return np.array([3] + [2] * (num_ranks - 2) + [1])
+
+
 def _hanabi() -> None:
     from jaxmarl.environments.hanabi import Hanabi
 
-    def build(**kw: Any):
-        return Hanabi(**kw)
+    def build(num_ranks: int = 5, **kw: Any):
+        return Hanabi(num_ranks=num_ranks, num_cards_of_rank=_hanabi_cards_of_rank(num_ranks), **kw)
+
+    # A CPU-sized Hanabi for search experiments: 2 colours x 3 ranks (12 cards, perfect
+    # score 6), hands of 3, 3 information tokens and 2 lives.
+    small = {
+        "num_colors": 2,
+        "num_ranks": 3,
+        "hand_size": 3,
+        "max_info_tokens": 3,
+        "max_life_tokens": 2,
+    }
+
+    def build_small(**kw: Any):
+        return build(**{**small, **kw})
 
     kwargs = _defaults(
         Hanabi,
@@ -280,6 +302,33 @@ def _hanabi() -> None:
             tuple({"num_agents": n} for n in (2, 3, 4, 5)),
         )
     )
+    register(
+        EnvEntry(
+            "hanabi/small",
+            build_small,
+            "Hanabi, 2 colours x 3 ranks, hands of 3 (CPU-sized, for search)",
+            {**kwargs, **small},
+        )
+    )
+
+
+def _tiny_hanabi() -> None:
+    from marl.envs.tiny_hanabi import TinyHanabi, games
+
+    for g, data in games().items():
+
+        def build(_g: str = g, **kw: Any):
+            return TinyHanabi(_g, **kw)
+
+        register(
+            EnvEntry(
+                f"tiny_hanabi/{g}",
+                build,
+                f"tiny Hanabi game {g}: 2 players, private cards, one public action each "
+                f"(optimum {data['optimal_return']:.4g})",
+                {},
+            )
+        )
 
 
 def _register_builtins() -> None:
@@ -330,6 +379,7 @@ def _register_builtins() -> None:
         _smax(m, f"SMAX {d}, heuristic enemy")
     _smax_marines()
     _hanabi()
+    _tiny_hanabi()
 
 
 _register_builtins()

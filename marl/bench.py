@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-SECTIONS = ("env", "pz", "train", "jaxmarl", "scaling", "compile", "target")
+SECTIONS = ("env", "pz", "train", "jaxmarl", "scaling", "compile", "target", "search")
 ENV_NAMES = ("mpe/simple_spread", "smax/3m")
 
 #: Targets: key -> (description, comparison, threshold, unit).
@@ -67,6 +67,12 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
         "CommFormer training steps/s vs MAPPO's, smax/3m, same batch",
         ">=",
         0.5,
+        "x",
+    ),
+    "search_vs_openspiel": (
+        "MD search decisions/s, pure JAX vs a Python loop of OpenSpiel clones (hanabi/small)",
+        ">=",
+        2.0,
         "x",
     ),
     "seeds_8_vs_1": ("wall time of 8 vmapped seeds vs 1, same steps per seed", "<=", 4.0, "x"),
@@ -786,6 +792,82 @@ def bench_target(s: Settings, repo: str | None) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------- 6. decision-time search
+def _openspiel_decision(state: Any, n: int, rng: np.random.Generator) -> None:
+    """One search decision as a plain Python loop would make it: for every legal action,
+    ``n`` clones of the state, the action, then uniform legal moves to the end."""
+    for a in state.legal_actions():
+        for _ in range(n):
+            s = state.clone()
+            s.apply_action(a)
+            while not s.is_terminal():
+                if s.is_chance_node():
+                    outcomes, probs = zip(*s.chance_outcomes(), strict=True)
+                    s.apply_action(outcomes[rng.choice(len(outcomes), p=probs)])
+                else:
+                    legal = s.legal_actions()
+                    s.apply_action(legal[rng.integers(len(legal))])
+
+
+def bench_search(s: Settings) -> dict[str, Any]:
+    """Decisions per second of MD search with ``n`` rollouts per action (uniform blueprint,
+    the first decision of ``hanabi/small``): our jitted searcher (belief particles, then every
+    ``particle x action`` rollout vmapped) against a Python loop of OpenSpiel state clones
+    doing the same number of rollouts (no belief sampling: less work than ours)."""
+    import jax
+    import jax.numpy as jnp
+    import pyspiel
+
+    from marl import envs
+    from marl.agents.search import JaxSearch, SearchConfig, uniform_blueprint
+    from marl.agents.search_beliefs import PlayContext, hanabi_belief
+
+    n = 4 if s.quick else 16
+    env = envs.make_array_env("hanabi/small")
+    raw = env.env
+    bp = uniform_blueprint()
+    search = JaxSearch(env, bp, SearchConfig("md", samples=n, rollouts=1), max_depth=60)
+    belief = hanabi_belief(env, bp)
+    state, ts = env.reset(jax.random.PRNGKey(0))
+    A = env.spec.num_agents
+
+    @jax.jit
+    def decide(key):
+        ctx = PlayContext(state.env_state, 0, ts.obs, ts.avail_actions, jnp.full((A,), -1))
+        k_b, k_s = jax.random.split(key)
+        parts, w = belief(None, k_b, ctx, n)
+        lp = bp.log_probs(None, ts.obs, ts.avail_actions, ts.state)[0]
+        return search.decide(None, k_s, parts, w, 0, lp, ts.avail_actions[0])[0]
+
+    t0 = _now()
+    _block(decide(jax.random.PRNGKey(1)))
+    compile_s = _now() - t0
+    reps = 10 if s.quick else 30
+    ours = _timed_repeats(lambda i: _block(decide(jax.random.PRNGKey(i + 2))), reps)
+    game = pyspiel.load_game(
+        f"hanabi(players=2,colors={raw.num_colors},ranks={raw.num_ranks},"
+        f"hand_size={raw.hand_size},max_information_tokens={raw.max_info_tokens},"
+        f"max_life_tokens={raw.max_life_tokens})"
+    )
+    root = game.new_initial_state()
+    while root.is_chance_node():
+        outcomes, probs = zip(*root.chance_outcomes(), strict=True)
+        root.apply_action(outcomes[0])
+    rng = np.random.default_rng(0)
+    theirs = _timed_repeats(lambda i: _openspiel_decision(root, n, rng), 3 if s.quick else 5)
+    legal = int(np.asarray(ts.avail_actions[0]).sum())
+    return {
+        "env": "hanabi/small",
+        "rollouts_per_action": n,
+        "legal_actions": legal,
+        "openspiel_legal_actions": len(root.legal_actions()),
+        "compile_s": compile_s,
+        "ours_decisions_per_s": 1.0 / _median(ours),
+        "openspiel_decisions_per_s": 1.0 / _median(theirs),
+        "ratio": _median(theirs) / _median(ours),
+    }
+
+
 def bench_scaling(s: Settings) -> dict[str, Any]:
     envs_rows = []
     for E in s.scaling_envs:
@@ -978,6 +1060,13 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 _verdict(f"{algo}_vs_mappo", r["steps_per_s"] / mappo["steps_per_s"], detail)
             )
+    sr = res.get("search")
+    if sr:
+        detail = (
+            f"{sr['ours_decisions_per_s']:.3g} vs {sr['openspiel_decisions_per_s']:.3g} "
+            f"decisions/s, {sr['rollouts_per_action']} rollouts per action"
+        )
+        out.append(_verdict("search_vs_openspiel", sr["ratio"], detail))
     seeds = (res.get("scaling") or {}).get("num_seeds") or []
     if len(seeds) > 1:
         last = seeds[-1]
@@ -1137,6 +1226,24 @@ def print_report(res: dict[str, Any], console: Any = None) -> None:
             f"{comp['cached_process_wall_s']:.2f}",
         )
         console.print(t)
+    sr = res.get("search")
+    if sr:
+        t = Table(title=f"6. MD search on {sr['env']}, {sr['rollouts_per_action']} rollouts/action")
+        for c in ("searcher", "decisions/s", "legal actions", "compile s"):
+            t.add_column(c, justify="right")
+        t.add_row(
+            "marl (pure JAX, vmapped)",
+            f"{sr['ours_decisions_per_s']:.3g}",
+            str(sr["legal_actions"]),
+            f"{sr['compile_s']:.1f}",
+        )
+        t.add_row(
+            "Python loop of OpenSpiel clones",
+            f"{sr['openspiel_decisions_per_s']:.3g}",
+            str(sr["openspiel_legal_actions"]),
+            "-",
+        )
+        console.print(t)
     if res.get("targets"):
         t = Table(title="Targets")
         for c in ("target", "measured", "status", "detail"):
@@ -1187,6 +1294,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         res["compile"] = bench_compile(s)
     if "target" in only:
         res["target"] = bench_target(s, args.jaxmarl_repo)
+    if "search" in only:
+        res["search"] = bench_search(s)
     res["meta"]["total_s"] = _now() - t_all
     res["machine"]["load_avg_end"] = list(os.getloadavg())
     res["targets"] = evaluate_targets(res)

@@ -118,6 +118,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from marl.config import compose_search
+
+    cfg = compose_search(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    enable_compile_cache()
+    from marl.search import run_search
+
+    print(run_search(cfg))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from marl.compare import cli as compare_cli
 
@@ -143,6 +159,14 @@ def enable_compile_cache() -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _hydra_command(sub, name: str, func, help: str, description: str) -> None:
+    """A subcommand configured by Hydra overrides, with ``--cfg job``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("overrides", nargs="*", help="key=value Hydra overrides")
+    p.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,15 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_envs)
 
-    p = sub.add_parser(
+    _hydra_command(
+        sub,
         "train",
-        help="train from a config with Hydra overrides",
-        description="marl train env=mpe/simple_spread algo=mappo seed=3 "
+        _cmd_train,
+        "train from a config with Hydra overrides",
+        "marl train env=mpe/simple_spread algo=mappo seed=3 "
         "algo.lr=3e-4 num_seeds=4 (resume=<run dir> continues a run)",
     )
-    p.add_argument("overrides", nargs="*", help="key=value Hydra overrides")
-    p.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
-    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a saved run (also on a PettingZoo env)")
     p.add_argument("run_dir")
@@ -174,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", dest="greedy", action="store_true", default=None)
     g.add_argument("--sampled", dest="greedy", action="store_false")
     p.set_defaults(func=_cmd_evaluate)
+
+    _hydra_command(
+        sub,
+        "search",
+        _cmd_search,
+        "decision-time MD / MMD search on top of a blueprint, against the blueprint alone",
+        "marl search env=hanabi/small blueprint=<run dir>|uniform search=md|mmd "
+        "eta=1 samples=16 rollouts=1 episodes=64 (env=openspiel/kuhn_poker, tiny_hanabi/A, ...)",
+    )
 
     p = sub.add_parser("compare", help="IQM with bootstrap CIs across runs, curves, table")
     p.add_argument("run_dirs", nargs="+")

@@ -133,6 +133,55 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
+@dataclass
+class SearchSchema:
+    """``marl search``'s update (:class:`marl.agents.search.SearchConfig`) and its play."""
+
+    kind: str = "md"  # md (cooperative) | mmd (adversarial)
+    eta: float = 1.0
+    alpha: float = 0.0  # MMD temperature
+    magnet: str = "uniform"  # uniform | blueprint
+    samples: int = 16  # belief samples (0: exact belief, OpenSpiel games)
+    rollouts: int = 1  # rollouts per (sample, action) (0: exact values where possible)
+    play: str = "argmax"  # argmax | sample
+    rollout: str = "sample"  # the blueprint in rollouts: sample | argmax
+    max_depth: int | None = None  # rollout steps (default: the episode limit)
+    players: list[int] | None = None  # seats that search (default: all)
+
+
+@dataclass
+class SearchRunConfig:
+    """Root config of ``marl search`` (``configs/search_run.yaml``)."""
+
+    experiment: str | None = None  # default: search-<kind>-<env>
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    blueprint: str = "uniform"  # uniform | a run directory of `marl train`
+    checkpoint_step: int | None = None  # the blueprint run's checkpoint (default: last)
+    blueprint_seed: int = 0  # which of the run's seeds (num_seeds > 1) is the blueprint
+    search: SearchSchema = field(default_factory=SearchSchema)
+    episodes: int = 64  # evaluation games, with search and with the blueprint alone
+    batch: int = 16  # games played at once (vmapped; pure-JAX games)
+    iterations: int = 0  # > 0: also apply search at every decision point, iterated (small games)
+    logger: LoggerConfig = field(
+        default_factory=lambda: LoggerConfig(wandb=WandbConfig(job_type="search"))
+    )
+
+
+_SCHEMAS: dict[str, type] = {"config": TrainConfig, "search_run": SearchRunConfig}
+# `marl search eta=0.5` is short for `search.eta=0.5`
+SEARCH_SHORTHANDS = (
+    "kind",
+    "eta",
+    "alpha",
+    "magnet",
+    "samples",
+    "rollouts",
+    "play",
+    "rollout",
+    "max_depth",
+)
+
 _CHOICES = {
     "env.kind": ("jax", "pettingzoo"),
     "env.workers": ("async", "sync"),
@@ -161,18 +210,18 @@ def _check_groups(overrides: list[str]) -> None:
     for o in overrides:
         key, sep, value = o.partition("=")
         key = key.lstrip("+~")
-        if sep and key in ("env", "algo", "preset"):
+        if sep and key in ("env", "algo", "preset", "search"):
             options = group_options(key)
             if value not in options:
                 raise unknown(key, value, options)
 
 
-def _integral(override: str) -> str:
+def _integral(override: str, schema: type = TrainConfig) -> str:
     """``total_timesteps=1e7`` -> ``total_timesteps=10000000`` for integer keys."""
     key, sep, value = override.partition("=")
     if not sep or key.startswith(("+", "~")) or "e" not in value.lower():
         return override
-    default = OmegaConf.select(OmegaConf.structured(TrainConfig), key, default=None)
+    default = OmegaConf.select(OmegaConf.structured(schema), key, default=None)
     try:
         number = float(value)
     except ValueError:
@@ -182,9 +231,9 @@ def _integral(override: str) -> str:
     return override
 
 
-def _unknown_key(key: str) -> Exception:
+def _unknown_key(key: str, schema_cls: type = TrainConfig) -> Exception:
     """An unknown config key, with the valid keys at its level."""
-    schema = OmegaConf.structured(TrainConfig)
+    schema = OmegaConf.structured(schema_cls)
     parent = key.rsplit(".", 1)[0] if "." in key else None
     node = OmegaConf.select(schema, parent) if parent else schema
     if isinstance(node, DictConfig) and parent != "env.kwargs":
@@ -197,16 +246,46 @@ def _short(err: Exception) -> str:
     return msg[0] if msg else type(err).__name__
 
 
-def validate(cfg: DictConfig | dict) -> DictConfig:
-    """Merge ``cfg`` into the typed schema; unknown keys and wrong types raise ConfigError."""
-    schema = OmegaConf.structured(TrainConfig)
+def _merge(cfg: DictConfig | dict, schema_cls: type) -> DictConfig:
+    """``cfg`` merged into the typed schema; unknown keys and wrong types raise ConfigError."""
+    schema = OmegaConf.structured(schema_cls)
     try:
-        merged = OmegaConf.merge(schema, cfg)
+        return OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         if "not in struct" in str(err) or "Key '" in str(err) and "not" in str(err):
-            raise _unknown_key(key or "?") from None
+            raise _unknown_key(key or "?", schema_cls) from None
         raise ConfigError(f"invalid config value for {key}: {_short(err)}") from None
+
+
+def validate_search(cfg: DictConfig | dict) -> DictConfig:
+    """Validate a ``marl search`` config (:class:`SearchRunConfig`)."""
+    from marl.agents.search import SearchConfig
+
+    merged = _merge(cfg, SearchRunConfig)
+    if merged.env.kind not in ("jax", "openspiel"):
+        raise ConfigError(f"env.kind={merged.env.kind!r}: search plays jax or openspiel games")
+    for k in ("episodes", "batch"):
+        if merged[k] < 1:
+            raise ConfigError(f"{k} must be >= 1, got {merged[k]}")
+    if merged.iterations < 0:
+        raise ConfigError(f"iterations must be >= 0, got {merged.iterations}")
+    sc = merged.search
+    # SearchConfig checks the update's values and names the bad one
+    SearchConfig(sc.kind, sc.eta, sc.alpha, sc.magnet, sc.samples, sc.rollouts, sc.play, sc.rollout)
+    if sc.max_depth is not None and sc.max_depth < 1:
+        raise ConfigError(f"search.max_depth must be >= 1, got {sc.max_depth}")
+    return merged
+
+
+def validate(cfg: DictConfig | dict) -> DictConfig:
+    """Merge ``cfg`` into the typed schema; unknown keys and wrong types raise ConfigError."""
+    merged = _merge(cfg, TrainConfig)
+    if merged.env.kind == "openspiel":
+        raise ConfigError(
+            f"env {merged.env.name!r} is an OpenSpiel game for `marl search`; to train on an "
+            "OpenSpiel game, load it through PettingZoo (env.kind=pettingzoo, shimmy)"
+        )
     for k, choices in _CHOICES.items():
         v = OmegaConf.select(merged, k)
         if v not in choices:
@@ -241,26 +320,41 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     return merged
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``configs/config.yaml`` with Hydra overrides and validate it."""
+def _compose(name: str, overrides: list[str] | None) -> DictConfig:
+    """``configs/<name>.yaml`` composed with Hydra overrides (not yet validated)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
+    schema = _SCHEMAS[name]
     # env.kwargs is free-form (the environment validates it): add or override its keys.
     overrides = [f"++{o}" if o.startswith("env.kwargs.") else o for o in overrides or []]
-    overrides = [_integral(o) for o in overrides]
+    overrides = [_integral(o, schema) for o in overrides]
     _check_groups(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides)
+            return hydra_compose(name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         msg = _short(err)
         m = re.search(r"Could not override '([^']+)'", msg)
         if m:
-            raise _unknown_key(m.group(1)) from None
+            raise _unknown_key(m.group(1), schema) from None
         raise ConfigError(msg) from None
-    return validate(cfg)
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/config.yaml`` (``marl train``) with Hydra overrides and validate it."""
+    return validate(_compose("config", overrides))
+
+
+def compose_search(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/search_run.yaml`` (``marl search``) with Hydra overrides, where
+    ``eta=0.5`` is short for ``search.eta=0.5``, and validate it."""
+    out = []
+    for o in overrides or []:
+        key = o.partition("=")[0]
+        out.append(f"search.{o}" if key in SEARCH_SHORTHANDS else o)
+    return validate_search(_compose("search_run", out))
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -443,7 +443,7 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         )
     else:
         logger = _NoLogger()
-    progress = _Progress(
+    progress = Progress(
         cfg.logger.progress,
         sched.num_updates * sched.steps_per_update,
         start * sched.steps_per_update,
@@ -580,14 +580,16 @@ def _summary(final: dict, has_win: bool) -> None:
     print(line)
 
 
-class _Progress:
-    """Steps, SPS, return and ETA on a terminal; silent otherwise."""
+class Progress:
+    """A progress bar with a line of figures and the ETA on a terminal; silent otherwise
+    (training: steps, SPS, returns; ``marl search``: games)."""
 
-    def __init__(self, enabled: bool, total: int, done: int):
+    def __init__(self, enabled: bool, total: int, done: int, label: str = "train"):
         from rich.console import Console
 
         self.enabled = enabled and Console(stderr=True).is_terminal
         self.total, self.done = total, done
+        self.label = label
         self._p = None
 
     def __enter__(self):
@@ -602,7 +604,7 @@ class _Progress:
             )
 
             self._p = Progress(
-                TextColumn("train"),
+                TextColumn(self.label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -611,17 +613,16 @@ class _Progress:
             )
             self._p.__enter__()
             self._task = self._p.add_task(
-                "train", total=self.total, completed=self.done, info="compiling..."
+                self.label, total=self.total, completed=self.done, info="compiling..."
             )
         return self
 
     def update(self, steps: int, sps: float, ret: float, eval_ret: float) -> None:
+        self.show(steps, f"sps {sps:,.0f} return {ret:.2f} eval {eval_ret:.2f}")
+
+    def show(self, completed: int, info: str) -> None:
         if self._p is not None:
-            self._p.update(
-                self._task,
-                completed=steps,
-                info=f"sps {sps:,.0f} return {ret:.2f} eval {eval_ret:.2f}",
-            )
+            self._p.update(self._task, completed=completed, info=info)
 
     def __exit__(self, *exc):
         if self._p is not None:
