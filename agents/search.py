@@ -108,12 +108,14 @@ def mmd_log_policy(
         ``[..., nA]`` log-probabilities of the searched policy.
     """
     legal = xp.asarray(legal, bool)
-    log_pi = xp.where(legal, log_pi, 0.0)
+    # log 0 = -inf would give 0 * -inf = nan below: a legal action of probability 0 stays at
+    # (almost) 0 with a finite floor
+    log_pi = xp.where(legal, xp.maximum(log_pi, _NEG), 0.0)
     q = xp.where(legal, q, 0.0)
     if log_magnet is None:
         n = xp.maximum(legal.sum(-1, keepdims=True), 1)
         log_magnet = -xp.log(n * xp.ones_like(log_pi))
-    log_magnet = xp.where(legal, log_magnet, 0.0)
+    log_magnet = xp.where(legal, xp.maximum(log_magnet, _NEG), 0.0)
     z = (log_pi + eta * alpha * log_magnet + eta * q) / (1.0 + eta * alpha)
     z = xp.where(legal, z, _NEG)
     z = z - z.max(-1, keepdims=True)
@@ -163,8 +165,9 @@ def policy_blueprint(policy: Any, params: Any, name: str = "blueprint") -> Bluep
     """The action distribution of a trained feed-forward :class:`marl.policy.Policy`.
 
     The distribution is read through ``Policy.evaluate`` (the log-probability of every action
-    in turn), so any policy of the platform works without a new method; recurrent policies are
-    refused: their hidden state depends on the history a sample would have to replay.
+    in turn, the waiting agents on their one legal move), so any policy of the platform works
+    without a new method; recurrent policies are refused: their hidden state depends on the
+    history a sample would have to replay.
     """
     from marl.policy import PolicyInput
 
@@ -185,8 +188,13 @@ def policy_blueprint(policy: Any, params: Any, name: str = "blueprint") -> Bluep
         )
         hidden = policy.initial_hidden(flat)
 
+        legal = inp.avail_actions.astype(bool)
+        waiting = jnp.argmax(legal, -1).astype(jnp.int32)
+
         def logp_of(a):
-            acts = jnp.full((1, flat, A), a, jnp.int32)
+            # the joint action "the acting agent plays a, the others their one legal move":
+            # an autoregressive policy (MAT) conditions on the others' real actions
+            acts = jnp.where(legal[..., a], a, waiting)
             return policy.evaluate(params, hidden, inp, acts)[0]  # [1, flat, A]
 
         lp = jax.vmap(logp_of)(jnp.arange(nA))  # [nA, 1, flat, A]
@@ -318,7 +326,8 @@ class JaxSearch:
     def _q_values(
         self, bp_params: Any, key: jax.Array, particles: Any, weights: jax.Array, player
     ) -> jax.Array:
-        """``[nA]`` action values of ``player`` (0 at actions illegal in every particle)."""
+        """``[nA]`` action values of ``player``; every action is rolled out (the update masks
+        the illegal ones). Zero total weight falls back to equal weights."""
         nA = self.env.spec.num_actions
         R = max(self.config.rollouts, 1)
         K = weights.shape[0]
@@ -332,7 +341,8 @@ class JaxSearch:
         per_a = jax.vmap(per_r, in_axes=(None, None, 0))  # actions (same keys: CRN)
         per_k = jax.vmap(per_a, in_axes=(0, 0, None))  # particles
         returns = per_k(keys, particles, jnp.arange(nA))  # [K, nA, R]
-        w = weights / weights.sum()
+        w = jnp.where(weights.sum() > 0, weights, jnp.ones_like(weights))
+        w = w / w.sum()
         return jnp.einsum("k,ka->a", w, returns.mean(-1))
 
     def _decide(
@@ -372,7 +382,9 @@ class JaxSearch:
         ``search_players`` (``[A]`` bool; default all) search at each of their decision points
         with ``belief(bp_params, key, ctx, samples) -> (particles, weights)``; the others, and
         every player when ``belief`` is ``None``, follow the blueprint (``play`` picks its
-        argmax or a sample). Returns ``(returns [G], decisions [G])``."""
+        argmax or a sample). A game lasts at most ``max_steps`` moves (default: the
+        environment's limit, else 200), apart from the rollouts' ``max_depth``.
+        Returns ``(returns [G], decisions [G])``."""
         fn, mask = self.compile_play(bp_params, num_games, belief, search_players, max_steps)
         return fn(bp_params, jax.random.split(key, num_games), mask)
 
@@ -383,7 +395,7 @@ class JaxSearch:
         searching players; time the compile apart from the games with it."""
         A = self.env.spec.num_agents
         mask = jnp.ones((A,), bool) if search_players is None else jnp.asarray(search_players)
-        steps = int(max_steps or self.max_depth)
+        steps = int(max_steps or self.env.spec.max_steps or 200)
         cache = self.__dict__.setdefault("_play_fns", {})
         key = (belief, steps, num_games)
         if key not in cache:

@@ -63,7 +63,7 @@ def tiny_hanabi_belief(env: Any, blueprint: Any):
     return belief
 
 
-def hanabi_belief(env: Any, blueprint: Any, likelihood: bool = True):
+def hanabi_belief(env: Any, blueprint: Any, likelihood: str = "policy"):
     """Particle belief of JaxMARL Hanabi for two players (``env``: its array view).
 
     One particle: the acting player's hand drawn card by card from the cards it cannot see
@@ -71,13 +71,21 @@ def hanabi_belief(env: Any, blueprint: Any, likelihood: bool = True):
     which equal its own hand plus the undealt deck) restricted to what the hints say of each
     card, then the rest shuffled into the undealt deck. Weights: the proposal's correction
     (the product of the per-card normalisers, so that hands are weighted as dealt at random)
-    times, with ``likelihood``, the blueprint's probability of the partner's last action given
-    the sampled hand (the partner's observation of it patched in; the rest of that observation,
-    derived features included, is kept as observed).
+    times the likelihood of the partner's last action given the sampled hand (the partner's
+    observation of it patched in; the rest of that observation, derived features included, is
+    kept as observed): ``likelihood="policy"`` the blueprint's probability of the action,
+    ``"greedy"`` 1 where the action is the blueprint's argmax and ``1e-3`` elsewhere (a partner
+    that plays the blueprint's argmax), ``"none"`` no likelihood.
     """
+    from marl.errors import ConfigError
+
+    if likelihood not in ("policy", "greedy", "none"):
+        raise ConfigError(f"belief likelihood must be policy, greedy or none, got {likelihood!r}")
     raw = env.env
     if raw.num_agents != 2:
-        raise ValueError("hanabi_belief handles two players")
+        raise ConfigError(f"the Hanabi belief handles two players, not {raw.num_agents}")
+    if raw.shuffle_player_order:
+        raise ConfigError("the Hanabi belief needs shuffle_player_order=false (seats = agents)")
     H, C, R = raw.hand_size, raw.num_colors, raw.num_ranks
     CR = C * R
     deck_size = raw.deck_size
@@ -119,20 +127,25 @@ def hanabi_belief(env: Any, blueprint: Any, likelihood: bool = True):
             player_hands=s.player_hands.at[p].set(new_hand.reshape(H, C, R)),
             deck=new_deck.reshape(deck_size, C, R),
         )
-        if likelihood:
+        if likelihood != "none":
             # the partner saw this hand when it last acted (hints change knowledge, not cards)
             obs = ctx.last_obs.at[partner, : H * CR].set(new_hand.reshape(-1))
             lp = blueprint.log_probs(
                 bp_params, obs, ctx.last_avail, jnp.zeros((env.spec.state_dim,))
             )[partner]
-            a = ctx.last_action[partner]
-            logw = logw + jnp.where(a >= 0, lp[jnp.clip(a, 0)], 0.0)
+            a = jnp.clip(ctx.last_action[partner], 0)
+            if likelihood == "greedy":
+                like = jnp.where(jnp.argmax(lp) == a, 0.0, jnp.log(1e-3))
+            else:
+                like = lp[a]
+            logw = logw + jnp.where(ctx.last_action[partner] >= 0, like, 0.0)
         return particle, logw
 
     def belief(bp_params, key, ctx: PlayContext, num: int):
         particles, logw = jax.vmap(one, in_axes=(None, 0, None))(
             bp_params, jax.random.split(key, num), ctx
         )
-        return particles, jnp.exp(logw - jnp.max(logw))
+        top = jnp.max(logw)  # -inf: every draw hit a dead end; equal weights then
+        return particles, jnp.where(jnp.isfinite(top), jnp.exp(logw - top), 1.0)
 
     return belief

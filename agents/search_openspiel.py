@@ -21,6 +21,8 @@ import numpy as np
 from marl.agents.search import SearchConfig, mmd_log_policy
 from marl.errors import ConfigError
 
+MAX_NODES = 2_000_000  # histories enumerated for exact beliefs before giving up
+
 
 def load_game(name: str) -> Any:
     """An OpenSpiel game from its name with parameters, e.g. ``dark_hex(num_rows=2,num_cols=2)``."""
@@ -68,10 +70,17 @@ class OpenSpielSearch:
         # info state -> [(history state, weight = chance x opponents' reach)], by a tree walk
         self.histories: dict[str, list[tuple[Any, float]]] = collections.defaultdict(list)
         self.info_player: dict[str, int] = {}
+        self._nodes = 0
         self._walk(game.new_initial_state(), np.ones(game.num_players() + 1))
 
     # ------------------------------------------------------------------ beliefs
     def _walk(self, state: Any, reach: np.ndarray) -> None:
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise ConfigError(
+                f"{self.game}: more than {MAX_NODES:,} histories; exact beliefs enumerate the "
+                "tree, so search takes small games here (Kuhn, Leduc, 2x2 dark Hex)"
+            )
         if state.is_terminal():
             return
         if state.is_chance_node():

@@ -793,9 +793,10 @@ def bench_target(s: Settings, repo: str | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------- 6. decision-time search
-def _openspiel_decision(state: Any, n: int, rng: np.random.Generator) -> None:
+def _openspiel_decision(state: Any, n: int, rng: np.random.Generator, policy=None) -> None:
     """One search decision as a plain Python loop would make it: for every legal action,
-    ``n`` clones of the state, the action, then uniform legal moves to the end."""
+    ``n`` clones of the state, the action, then the blueprint to the end: uniform legal moves,
+    or ``policy(observation tensor) -> logits`` (a jitted network, one call per move)."""
     for a in state.legal_actions():
         for _ in range(n):
             s = state.clone()
@@ -804,46 +805,56 @@ def _openspiel_decision(state: Any, n: int, rng: np.random.Generator) -> None:
                 if s.is_chance_node():
                     outcomes, probs = zip(*s.chance_outcomes(), strict=True)
                     s.apply_action(outcomes[rng.choice(len(outcomes), p=probs)])
-                else:
-                    legal = s.legal_actions()
+                    continue
+                legal = s.legal_actions()
+                if policy is None:
                     s.apply_action(legal[rng.integers(len(legal))])
+                    continue
+                logits = np.asarray(policy(np.asarray(s.observation_tensor(), np.float32)))
+                z = logits[legal] - logits[legal].max()
+                p = np.exp(z) / np.exp(z).sum()
+                s.apply_action(legal[rng.choice(len(legal), p=p)])
+
+
+def _mlp(hidden: Sequence[int], out: int):
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for h in hidden:
+                x = nn.relu(nn.Dense(h)(x))
+            return nn.Dense(out)(x)
+
+    return MLP()
 
 
 def bench_search(s: Settings) -> dict[str, Any]:
-    """Decisions per second of MD search with ``n`` rollouts per action (uniform blueprint,
-    the first decision of ``hanabi/small``): our jitted searcher (belief particles, then every
-    ``particle x action`` rollout vmapped) against a Python loop of OpenSpiel state clones
-    doing the same number of rollouts (no belief sampling: less work than ours)."""
+    """Decisions per second of MD search with ``n`` rollouts per action at the first decision
+    of ``hanabi/small``, for two blueprints: uniform, and an IPPO network (128 x 128, relu;
+    untrained: the timing does not depend on the weights). Ours: the jitted searcher (belief
+    particles, then every ``particle x action`` rollout vmapped; every action is rolled out,
+    legal or not). Theirs: a Python loop of OpenSpiel state clones doing ``n`` rollouts per
+    legal action, with no belief sampling, the network (the same sizes, on OpenSpiel's
+    observation) called once per move through ``jax.jit``."""
     import jax
     import jax.numpy as jnp
     import pyspiel
 
     from marl import envs
-    from marl.agents.search import JaxSearch, SearchConfig, uniform_blueprint
+    from marl.agents import make_policy
+    from marl.agents.search import JaxSearch, SearchConfig, policy_blueprint, uniform_blueprint
     from marl.agents.search_beliefs import PlayContext, hanabi_belief
+    from marl.config import compose
 
     n = 4 if s.quick else 16
     env = envs.make_array_env("hanabi/small")
     raw = env.env
-    bp = uniform_blueprint()
-    search = JaxSearch(env, bp, SearchConfig("md", samples=n, rollouts=1), max_depth=60)
-    belief = hanabi_belief(env, bp)
     state, ts = env.reset(jax.random.PRNGKey(0))
     A = env.spec.num_agents
-
-    @jax.jit
-    def decide(key):
-        ctx = PlayContext(state.env_state, 0, ts.obs, ts.avail_actions, jnp.full((A,), -1))
-        k_b, k_s = jax.random.split(key)
-        parts, w = belief(None, k_b, ctx, n)
-        lp = bp.log_probs(None, ts.obs, ts.avail_actions, ts.state)[0]
-        return search.decide(None, k_s, parts, w, 0, lp, ts.avail_actions[0])[0]
-
-    t0 = _now()
-    _block(decide(jax.random.PRNGKey(1)))
-    compile_s = _now() - t0
-    reps = 10 if s.quick else 30
-    ours = _timed_repeats(lambda i: _block(decide(jax.random.PRNGKey(i + 2))), reps)
+    hidden = (128, 128)
+    cfg = compose(["env=hanabi/small", "algo=ippo", "algo.network.hidden=[128,128]"])
+    policy = make_policy(cfg.algo, env.spec, 1)
     game = pyspiel.load_game(
         f"hanabi(players=2,colors={raw.num_colors},ranks={raw.num_ranks},"
         f"hand_size={raw.hand_size},max_information_tokens={raw.max_info_tokens},"
@@ -851,20 +862,61 @@ def bench_search(s: Settings) -> dict[str, Any]:
     )
     root = game.new_initial_state()
     while root.is_chance_node():
-        outcomes, probs = zip(*root.chance_outcomes(), strict=True)
+        outcomes, _ = zip(*root.chance_outcomes(), strict=True)
         root.apply_action(outcomes[0])
-    rng = np.random.default_rng(0)
-    theirs = _timed_repeats(lambda i: _openspiel_decision(root, n, rng), 3 if s.quick else 5)
-    legal = int(np.asarray(ts.avail_actions[0]).sum())
+    mlp = _mlp(hidden, game.num_distinct_actions())
+    obs0 = np.zeros((game.observation_tensor_size(),), np.float32)
+    mlp_params = mlp.init(jax.random.PRNGKey(0), obs0)
+    their_policy = jax.jit(lambda x: mlp.apply(mlp_params, x))
+    rows = []
+    for label, bp, theirs_fn in (
+        ("uniform", uniform_blueprint(), None),
+        (
+            "ippo 128x128",
+            policy_blueprint(policy, policy.init(jax.random.PRNGKey(1))),
+            their_policy,
+        ),
+    ):
+        search = JaxSearch(env, bp, SearchConfig("md", samples=n, rollouts=1), max_depth=60)
+        belief = hanabi_belief(env, bp)
+
+        @jax.jit
+        def decide(params, key, search=search, belief=belief, bp=bp):
+            ctx = PlayContext(state.env_state, 0, ts.obs, ts.avail_actions, jnp.full((A,), -1))
+            k_b, k_s = jax.random.split(key)
+            parts, w = belief(params, k_b, ctx, n)
+            lp = bp.log_probs(params, ts.obs, ts.avail_actions, ts.state)[0]
+            return search.decide(params, k_s, parts, w, 0, lp, ts.avail_actions[0])[0]
+
+        t0 = _now()
+        _block(decide(bp.params, jax.random.PRNGKey(1)))
+        compile_s = _now() - t0
+        reps = 10 if s.quick else 30
+        ours = _timed_repeats(
+            lambda i, p=bp.params, f=decide: _block(f(p, jax.random.PRNGKey(i + 2))), reps
+        )
+        if theirs_fn is not None:
+            theirs_fn(obs0).block_until_ready()  # compiled before timing
+        rng = np.random.default_rng(0)
+        theirs = _timed_repeats(
+            lambda i, f=theirs_fn, g=rng: _openspiel_decision(root, n, g, f), 3 if s.quick else 5
+        )
+        rows.append(
+            {
+                "blueprint": label,
+                "ours_decisions_per_s": 1.0 / _median(ours),
+                "openspiel_decisions_per_s": 1.0 / _median(theirs),
+                "ratio": _median(theirs) / _median(ours),
+                "compile_s": compile_s,
+            }
+        )
+        _log(f"search, {label}: {rows[-1]['ratio']:.2f}x")
     return {
         "env": "hanabi/small",
         "rollouts_per_action": n,
-        "legal_actions": legal,
+        "legal_actions": int(np.asarray(ts.avail_actions[0]).sum()),
         "openspiel_legal_actions": len(root.legal_actions()),
-        "compile_s": compile_s,
-        "ours_decisions_per_s": 1.0 / _median(ours),
-        "openspiel_decisions_per_s": 1.0 / _median(theirs),
-        "ratio": _median(theirs) / _median(ours),
+        "rows": rows,
     }
 
 
@@ -1061,12 +1113,14 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 _verdict(f"{algo}_vs_mappo", r["steps_per_s"] / mappo["steps_per_s"], detail)
             )
     sr = res.get("search")
-    if sr:
+    for r in (sr or {}).get("rows", []):
         detail = (
-            f"{sr['ours_decisions_per_s']:.3g} vs {sr['openspiel_decisions_per_s']:.3g} "
+            f"{r['ours_decisions_per_s']:.3g} vs {r['openspiel_decisions_per_s']:.3g} "
             f"decisions/s, {sr['rollouts_per_action']} rollouts per action"
         )
-        out.append(_verdict("search_vs_openspiel", sr["ratio"], detail))
+        t = _verdict("search_vs_openspiel", r["ratio"], detail)
+        t["key"] = f"search_vs_openspiel[{r['blueprint']}]"
+        out.append(t)
     seeds = (res.get("scaling") or {}).get("num_seeds") or []
     if len(seeds) > 1:
         last = seeds[-1]
@@ -1229,20 +1283,16 @@ def print_report(res: dict[str, Any], console: Any = None) -> None:
     sr = res.get("search")
     if sr:
         t = Table(title=f"6. MD search on {sr['env']}, {sr['rollouts_per_action']} rollouts/action")
-        for c in ("searcher", "decisions/s", "legal actions", "compile s"):
+        for c in ("blueprint", "marl (JAX) dec/s", "OpenSpiel loop dec/s", "ratio", "compile s"):
             t.add_column(c, justify="right")
-        t.add_row(
-            "marl (pure JAX, vmapped)",
-            f"{sr['ours_decisions_per_s']:.3g}",
-            str(sr["legal_actions"]),
-            f"{sr['compile_s']:.1f}",
-        )
-        t.add_row(
-            "Python loop of OpenSpiel clones",
-            f"{sr['openspiel_decisions_per_s']:.3g}",
-            str(sr["openspiel_legal_actions"]),
-            "-",
-        )
+        for r in sr["rows"]:
+            t.add_row(
+                r["blueprint"],
+                f"{r['ours_decisions_per_s']:.3g}",
+                f"{r['openspiel_decisions_per_s']:.3g}",
+                f"{r['ratio']:.2f}x",
+                f"{r['compile_s']:.1f}",
+            )
         console.print(t)
     if res.get("targets"):
         t = Table(title="Targets")

@@ -145,6 +145,7 @@ class SearchSchema:
     rollouts: int = 1  # rollouts per (sample, action) (0: exact values where possible)
     play: str = "argmax"  # argmax | sample
     rollout: str = "sample"  # the blueprint in rollouts: sample | argmax
+    likelihood: str = "policy"  # Hanabi belief: policy | greedy | none (partner's last action)
     max_depth: int | None = None  # rollout steps (default: the episode limit)
     players: list[int] | None = None  # seats that search (default: all)
 
@@ -179,6 +180,7 @@ SEARCH_SHORTHANDS = (
     "rollouts",
     "play",
     "rollout",
+    "likelihood",
     "max_depth",
 )
 
@@ -273,6 +275,10 @@ def validate_search(cfg: DictConfig | dict) -> DictConfig:
     sc = merged.search
     # SearchConfig checks the update's values and names the bad one
     SearchConfig(sc.kind, sc.eta, sc.alpha, sc.magnet, sc.samples, sc.rollouts, sc.play, sc.rollout)
+    if sc.likelihood not in ("policy", "greedy", "none"):
+        raise ConfigError(
+            f"search.likelihood must be policy, greedy or none, got {sc.likelihood!r}"
+        )
     if sc.max_depth is not None and sc.max_depth < 1:
         raise ConfigError(f"search.max_depth must be >= 1, got {sc.max_depth}")
     return merged

@@ -203,6 +203,7 @@ def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[st
     import time
 
     from marl import envs
+    from marl.agents import search_beliefs
     from marl.agents.search import JaxSearch, uniform_blueprint
 
     name, kwargs = str(cfg.env.name), dict(cfg.env.kwargs)
@@ -213,9 +214,13 @@ def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[st
         bp, env = load_blueprint(
             cfg.blueprint, name, kwargs, cfg.checkpoint_step, int(cfg.blueprint_seed)
         )
-    depth = cfg.search.max_depth or env.spec.max_steps or 100
+    depth = cfg.search.max_depth or env.spec.max_steps or 200
     search = JaxSearch(env, bp, sc, max_depth=int(depth))
-    belief = _belief_for(name)(env, bp)
+    make_belief = _belief_for(name)
+    if make_belief is search_beliefs.hanabi_belief:
+        belief = make_belief(env, bp, str(cfg.search.likelihood))
+    else:
+        belief = make_belief(env, bp)
     players = None
     if cfg.search.players is not None:
         players = np.zeros(env.spec.num_agents, bool)
@@ -257,17 +262,16 @@ def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[st
         # a move of one game: the vmapped batch steps all its games at once
         "seconds_per_move/search": seconds["search"] / max(steps["search"], 1),
         "seconds_per_move/blueprint": seconds["blueprint"] / max(steps["blueprint"], 1),
-        "decisions_per_second/search": decisions["search"] / max(seconds["search"], 1e-9),
+        "moves_per_second/search": decisions["search"] / max(seconds["search"], 1e-9),
         "compile_seconds": compile_s,
         "games_per_batch": B,
         "scores": out,
     }
     if name.startswith("tiny_hanabi/") and cfg.iterations > 0:
-        if cfg.blueprint != "uniform":
-            from marl.errors import ConfigError
-
-            raise ConfigError("iterations > 0 on tiny Hanabi starts from the uniform blueprint")
-        it = tiny_hanabi_md(name.split("/")[1], sc.eta, int(cfg.iterations), seed=int(cfg.seed))
+        game = name.split("/")[1]
+        it = tiny_hanabi_md(
+            game, sc.eta, int(cfg.iterations), rollouts=sc.rollouts, seed=int(cfg.seed)
+        )
         result["iterated"] = {"expected_return": it["returns"], "optimum": it["optimum"]}
     return result
 
@@ -279,13 +283,8 @@ def _play_openspiel(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> d
     from open_spiel.python.algorithms import exploitability
 
     from marl.agents.search_openspiel import OpenSpielSearch, load_game, search_policy
-    from marl.errors import ConfigError
 
-    if cfg.blueprint != "uniform":
-        raise ConfigError("OpenSpiel games take blueprint=uniform")
     game = load_game(openspiel_game_string(str(cfg.env.name), dict(cfg.env.kwargs)))
-    if game.num_players() != 2:
-        raise ConfigError("search on OpenSpiel games takes two-player games")
     bp = os_policy.UniformRandomPolicy(game)
     search = OpenSpielSearch(game, bp, sc, seed=int(cfg.seed))
     rng = np.random.default_rng(int(cfg.seed))
@@ -326,29 +325,82 @@ def _play_openspiel(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> d
         "score/blueprint": mean_ci(baseline),
         "seconds_per_move/search": float(np.mean(times)) if times else 0.0,
         "scores": {"search": scores, "blueprint": baseline},
-        "exploitability/blueprint": float(exploitability.exploitability(game, bp)),
-        "exploitability/search": float(exploitability.exploitability(game, search_policy(search))),
     }
-    if cfg.iterations > 0:
+    if _zero_sum(game):  # exploitability is defined for two-player zero-sum games
+        result["exploitability/blueprint"] = float(exploitability.exploitability(game, bp))
+        searched = search_policy(search)
+        result["exploitability/search"] = float(exploitability.exploitability(game, searched))
+    if cfg.iterations > 0 and _zero_sum(game):
         it = openspiel_iterate(game, sc, int(cfg.iterations), seed=int(cfg.seed))
         result["iterated"] = {"exploitability": it["exploitability"]}
     return result
 
 
+def _zero_sum(game: Any) -> bool:
+    import pyspiel
+
+    utility = game.get_type().utility
+    return game.num_players() == 2 and utility in (
+        pyspiel.GameType.Utility.ZERO_SUM,
+        pyspiel.GameType.Utility.CONSTANT_SUM,
+    )
+
+
 def _check(cfg: Any) -> None:
-    """The errors a ``marl search`` config can hold that the schema does not catch."""
+    """The errors a ``marl search`` config can hold that the schema does not catch, found
+    before a run directory exists."""
+    from omegaconf import OmegaConf
+
     from marl.errors import ConfigError
 
+    name, kwargs = str(cfg.env.name), dict(cfg.env.kwargs)
     if cfg.env.kind == "openspiel":
         if cfg.blueprint != "uniform":
             raise ConfigError("OpenSpiel games take blueprint=uniform")
         from marl.agents.search_openspiel import load_game
 
-        load_game(openspiel_game_string(str(cfg.env.name), dict(cfg.env.kwargs)))
+        game = load_game(openspiel_game_string(name, kwargs))
+        if game.num_players() != 2:
+            raise ConfigError(
+                f"search plays two-player OpenSpiel games; {name} has {game.num_players()}"
+            )
+        if cfg.iterations > 0 and not _zero_sum(game):
+            raise ConfigError(
+                "iterations > 0 on OpenSpiel games needs a zero-sum game "
+                "(the curve is exploitability)"
+            )
         return
-    _belief_for(str(cfg.env.name))
-    if cfg.blueprint != "uniform" and not (Path(cfg.blueprint) / "config.yaml").is_file():
-        raise ConfigError(f"blueprint {cfg.blueprint} is not a run directory (no config.yaml)")
+    _belief_for(name)
+    tiny = name.startswith("tiny_hanabi/")
+    if not tiny and (cfg.search.samples == 0 or cfg.search.rollouts == 0):
+        raise ConfigError(
+            f"samples=0 (exact belief) and rollouts=0 (exact values) are for tiny Hanabi and "
+            f"OpenSpiel games; {name} takes samples >= 1 and rollouts >= 1"
+        )
+    if cfg.iterations > 0 and (not tiny or cfg.blueprint != "uniform"):
+        raise ConfigError(
+            "iterations > 0 takes tiny Hanabi from the uniform blueprint (or an OpenSpiel game)"
+        )
+    if cfg.search.players is not None:
+        from marl import envs
+
+        n = envs.make_array_env(name, **kwargs).spec.num_agents
+        bad = [p for p in cfg.search.players if not 0 <= p < n]
+        if bad:
+            raise ConfigError(f"search.players: {bad} not among the seats 0..{n - 1}")
+    if cfg.blueprint != "uniform":
+        run = Path(cfg.blueprint)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"blueprint {run} is not a run directory (no config.yaml)")
+        env = OmegaConf.load(run / "config.yaml").get("env", {})
+        trained = (env.get("name"), dict(env.get("kwargs") or {}))
+        if trained != (name, kwargs):
+            raise ConfigError(
+                f"blueprint {run} was trained on {trained[0]} {trained[1] or ''}".rstrip()
+                + f", not on {name} {kwargs or ''}".rstrip()
+            )
+        if not any((run / "checkpoints").glob("*")):
+            raise ConfigError(f"blueprint {run} has no checkpoints")
 
 
 def run_search(cfg: Any) -> Path:
@@ -356,8 +408,10 @@ def run_search(cfg: Any) -> Path:
     environment; writes a run directory (``config.yaml``, ``eval.jsonl`` per batch of games,
     ``final.json``) and a W&B run with job type ``search``. Returns the run directory."""
     import json
+    import shutil
 
     from marl.config import to_dict
+    from marl.errors import MarlError
     from marl.runlog import RunLogger, new_run_dir
     from marl.trainer import Progress
 
@@ -368,14 +422,20 @@ def run_search(cfg: Any) -> Path:
     run_dir = new_run_dir(cfg.logger.root, experiment)
     wandb = dict(to_dict(cfg.logger.wandb))
     wandb["tags"] = list(wandb.get("tags") or []) + [f"search={sc.kind}", f"env={cfg.env.name}"]
-    with (
-        RunLogger(run_dir, to_dict(cfg), 1, wandb=wandb) as logger,
-        Progress(bool(cfg.logger.progress), int(cfg.episodes), 0, "search") as progress,
-    ):
-        play = _play_openspiel if cfg.env.kind == "openspiel" else _play_jax
-        result = play(cfg, sc, logger, progress)
-        final = {"env": str(cfg.env.name), "blueprint": str(cfg.blueprint), **_flat(result)}
-        logger.write_final(final)
+    try:
+        with (
+            RunLogger(run_dir, to_dict(cfg), 1, wandb=wandb) as logger,
+            Progress(bool(cfg.logger.progress), int(cfg.episodes), 0, "search") as progress,
+        ):
+            play = _play_openspiel if cfg.env.kind == "openspiel" else _play_jax
+            result = play(cfg, sc, logger, progress)
+            final = {"env": str(cfg.env.name), "blueprint": str(cfg.blueprint), **_flat(result)}
+            logger.write_final(final)
+    except MarlError:
+        # a user error found late (a corrupt checkpoint): no games played, no run to keep
+        if not (run_dir / "eval.jsonl").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     summary = {k: v for k, v in final.items() if not k.startswith("scores/")}
     print(json.dumps(summary, indent=2))
     return run_dir

@@ -50,8 +50,15 @@ BUDGETS = {
         "hanabi_steps": 5_000_000,
         "hanabi_seeds": 3,
         "hanabi_games": 128,
-        "hanabi_search": {"eta": 20.0, "samples": 16, "rollouts": 1, "rollout": "argmax"},
+        "hanabi_search": {
+            "eta": 20.0,
+            "samples": 16,
+            "rollouts": 1,
+            "rollout": "argmax",
+            "likelihood": "policy",
+        },
         "hanabi_etas": [1.0, 5.0],  # also on the first blueprint
+        "hanabi_likelihoods": ["greedy", "none"],  # also on the first blueprint
     },
     "paper": {
         "openspiel": {
@@ -66,8 +73,15 @@ BUDGETS = {
         "hanabi_steps": 50_000_000,
         "hanabi_seeds": 5,
         "hanabi_games": 2000,
-        "hanabi_search": {"eta": 20.0, "samples": 64, "rollouts": 4, "rollout": "argmax"},
+        "hanabi_search": {
+            "eta": 20.0,
+            "samples": 64,
+            "rollouts": 4,
+            "rollout": "argmax",
+            "likelihood": "policy",
+        },
         "hanabi_etas": [1.0, 5.0, 100.0],
+        "hanabi_likelihoods": ["greedy", "none"],
     },
 }
 
@@ -200,20 +214,22 @@ def hanabi(b: dict, root: Path) -> dict:
         runs = sorted(p for p in exp.glob("*/") if (p / "final.json").is_file())
     run = runs[-1]
     hs = b["hanabi_search"]
-    out = {"blueprint_run": str(run), "search": hs, "seeds": {}, "etas": {}}
-    jobs = [(seed, hs["eta"]) for seed in range(b["hanabi_seeds"])]
-    jobs += [(0, eta) for eta in b["hanabi_etas"]]
-    for seed, eta in jobs:
+    out = {"blueprint_run": str(run), "search": hs, "seeds": {}, "variants": {}}
+    like = hs["likelihood"]
+    jobs = [(seed, hs["eta"], like) for seed in range(b["hanabi_seeds"])]
+    jobs += [(0, eta, like) for eta in b["hanabi_etas"]]
+    jobs += [(0, hs["eta"], lk) for lk in b["hanabi_likelihoods"]]
+    for seed, eta, lk in jobs:
         cfg = SearchConfig(
             "md", eta, 0.0, "uniform", hs["samples"], hs["rollouts"], "argmax", hs["rollout"]
         )
-        r = _hanabi_games(run, seed, cfg, b["hanabi_games"])
-        if eta == hs["eta"]:
+        r = _hanabi_games(run, seed, cfg, b["hanabi_games"], lk)
+        if (eta, lk) == (hs["eta"], like):
             out["seeds"][seed] = r
         else:
-            out["etas"][eta] = r
+            out["variants"][f"0, eta {eta}, {lk} likelihood"] = r
         print(
-            f"  seed {seed} eta {eta}: search {r['search']['mean']:.3f} blueprint "
+            f"  seed {seed} eta {eta} {lk}: search {r['search']['mean']:.3f} blueprint "
             f"{r['blueprint']['mean']:.3f} diff {r['difference']['mean']:+.3f} "
             f"[{r['difference']['ci_low']:+.3f}, {r['difference']['ci_high']:+.3f}]",
             flush=True,
@@ -226,7 +242,7 @@ def hanabi(b: dict, root: Path) -> dict:
     return out
 
 
-def _hanabi_games(run: Path, seed: int, cfg, games: int) -> dict:
+def _hanabi_games(run: Path, seed: int, cfg, games: int, likelihood: str) -> dict:
     """``games`` games of hanabi/small with MD search and, on the same deals, without."""
     import jax
     import numpy as np
@@ -239,7 +255,7 @@ def _hanabi_games(run: Path, seed: int, cfg, games: int) -> dict:
     search = JaxSearch(env, bp, cfg, max_depth=40)
     B = min(games, 32)
     t = time.perf_counter()
-    with_search, mask = search.compile_play(bp.params, B, hanabi_belief(env, bp))
+    with_search, mask = search.compile_play(bp.params, B, hanabi_belief(env, bp, likelihood))
     alone, _ = search.compile_play(bp.params, B, None)
     compile_s = time.perf_counter() - t
     scores = {"search": [], "blueprint": []}
@@ -287,13 +303,17 @@ def report(res: dict) -> str:
     lines += [f"- {k}: {v:.6f}" for k, v in res.get("anchors", {}).items()]
     lines += ["", "## 3. MMD search from uniform, iterated: exploitability", ""]
     lines += [
-        "| game, setting | round 0 | round 1 | round 2 | last round (n) |",
-        "|---|---|---|---|---|",
+        "| game, setting | uniform | round 1 | round 2 | lowest (round) | last (round) |",
+        "|---|---|---|---|---|---|",
     ]
     for k, v in res.get("adversarial", {}).items():
         e = v["exploitability"]
-        cells = [f"{x:.4f}" for x in e[:3]] + [""] * (3 - min(3, len(e)))
-        lines.append(f"| {k} | {' | '.join(cells[:3])} | {e[-1]:.4f} ({len(e) - 1}) |")
+        cells = [f"{x:.4f}" for x in e[:3]] + ["-"] * (3 - min(3, len(e)))
+        best = min(range(len(e)), key=e.__getitem__)
+        lines.append(
+            f"| {k} | {' | '.join(cells[:3])} | {e[best]:.4f} ({best}) | "
+            f"{e[-1]:.4f} ({len(e) - 1}) |"
+        )
     lines += ["", "## 4. Tiny Hanabi: MD search from uniform, iterated (exact return)", ""]
     lines += [
         "| game, eta | start | after 1 | last | optimum | monotone |",
@@ -311,13 +331,14 @@ def report(res: dict) -> str:
         lines += [
             "",
             f"## 5. hanabi/small: MD search (eta {s['eta']}, {s['samples']} belief samples x "
-            f"{s['rollouts']} rollouts, {s['rollout']} blueprint in rollouts) vs the blueprint",
+            f"{s['rollouts']} rollouts, {s['rollout']} blueprint in rollouts, "
+            f"{s['likelihood']} likelihood) vs the blueprint",
             "",
             "| blueprint seed | blueprint | with search | difference | s/move search | s/move bp |",
             "|---|---|---|---|---|---|",
         ]
         rows = [(str(k), r) for k, r in h["seeds"].items()]
-        rows += [(f"0, eta {eta}", r) for eta, r in h.get("etas", {}).items()]
+        rows += list(h.get("variants", {}).items())
         for name, r in rows:
             lines.append(
                 f"| {name} | {_ci(r['blueprint'])} | {_ci(r['search'])} | "

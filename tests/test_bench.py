@@ -80,12 +80,25 @@ def test_targets_from_a_result():
                 {"num_seeds": 8, "wall_ratio_vs_1": 3.0},
             ]
         },
+        "search": {
+            "rollouts_per_action": 16,
+            "rows": [
+                {
+                    "blueprint": "uniform",
+                    "ratio": 1.5,
+                    "ours_decisions_per_s": 15.0,
+                    "openspiel_decisions_per_s": 10.0,
+                }
+            ],
+        },
     }
     got = {t["key"]: t for t in bench.evaluate_targets(res)}
     assert got["ippo_vs_jaxmarl"]["status"] == "PASS" and got["ippo_vs_jaxmarl"]["value"] == 2.0
     assert got["first_compile"]["status"] == "MISS"
     assert got["cached_launch"]["status"] == "PASS"
     assert got["seeds_8_vs_1"]["status"] == "PASS"
+    s = got["search_vs_openspiel[uniform]"]
+    assert s["status"] == "MISS" and s["value"] == 1.5 and "16 rollouts per action" in s["detail"]
 
 
 def test_time_to_target_verdicts():

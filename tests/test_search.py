@@ -262,9 +262,58 @@ def test_marl_search_writes_a_run(tmp_path, capsys):
         (["search", "env=tiny_hanabi/A", "blueprint=/nonexistent"], "not a run directory"),
         (["search", "env=openspiel/kuhn_poker", "blueprint=/x"], "blueprint=uniform"),
         (["train", "env=openspiel/kuhn_poker"], "OpenSpiel game for `marl search`"),
+        (["search", "env=hanabi/small", "search=mmd"], "samples >= 1 and rollouts >= 1"),
+        (["search", "env=hanabi/small", "iterations=3"], "iterations > 0 takes tiny Hanabi"),
+        (["search", "env=tiny_hanabi/A", "search.players=[2]"], "not among the seats 0..1"),
+        (["search", "env=openspiel/dark_hex", "env.kwargs.num_rows=4"], "histories"),
     ],
 )
-def test_marl_search_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+def test_marl_search_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    import marl.agents.search_openspiel as so
+
+    monkeypatch.setattr(so, "MAX_NODES", 20_000)  # a big game fails fast
     rc = main([*argv, f"logger.root={tmp_path}", "logger.wandb.mode=disabled"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.rglob("config.yaml"))  # no run directory left behind
+
+
+def test_blueprint_from_another_environment_is_refused(tmp_path, capsys):
+    run = tmp_path / "bp"
+    (run / "checkpoints" / "1").mkdir(parents=True)
+    (run / "config.yaml").write_text("env:\n  name: hanabi\n  kwargs: {}\n")
+    rc = main(["search", "env=hanabi/small", f"blueprint={run}", f"logger.root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "was trained on hanabi, not on hanabi/small" in err
+
+
+@pytest.mark.parametrize("algo", ["ippo", "mat"])
+def test_policy_blueprint_is_the_policys_distribution(tiny_a, algo):
+    """A trained-run policy as a blueprint: log-probabilities over the acting agent's legal
+    actions, normalised, whose argmax is the policy's own greedy action."""
+    from marl.agents import make_policy
+    from marl.agents.search import policy_blueprint
+    from marl.config import compose
+    from marl.policy import PolicyInput
+
+    cfg = compose([f"algo={algo}", "env=tiny_hanabi/A"])
+    policy = make_policy(cfg.algo, tiny_a.spec, 1)
+    params = policy.init(jax.random.PRNGKey(0))
+    bp = policy_blueprint(policy, params)
+    state, ts = tiny_a.reset(jax.random.PRNGKey(4))
+    lp = bp.log_probs(bp.params, ts.obs, ts.avail_actions, ts.state)  # [A, nA]
+    p = np.exp(np.asarray(lp))
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+    assert (p[~np.asarray(ts.avail_actions)] < 1e-6).all()
+    inp = PolicyInput(
+        ts.obs[None, None],
+        ts.state[None, None],
+        ts.avail_actions[None, None],
+        jnp.ones((1, 1), bool),
+        jnp.ones((1, 1, 2), bool),
+    )
+    _, greedy, logp, _ = policy.act(
+        params, policy.initial_hidden(1), inp, jax.random.PRNGKey(0), True
+    )
+    assert int(greedy[0, 0, 0]) == int(np.argmax(p[0]))
+    np.testing.assert_allclose(float(logp[0, 0, 0]), float(lp[0, greedy[0, 0, 0]]), atol=1e-5)
