@@ -74,15 +74,38 @@ def _check_kwargs(e: EnvEntry, kwargs: dict[str, Any]) -> None:
         raise unknown(f"argument of {e.name}:", bad[0], e.kwargs)
 
 
+def _check_variants(e: EnvEntry, kwargs: dict[str, Any]) -> None:
+    """A keyword that selects a variant (``N`` of ``mpe/simple_spread``) takes the listed
+    values only: ``N=99`` would otherwise end in an out-of-memory error deep in XLA."""
+    for key in sorted({k for v in e.variants for k in v}):
+        v = kwargs.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            continue  # None (the default) or a bad value: the builder says what is wrong
+        allowed = sorted({v[key] for v in e.variants if key in v})
+        if kwargs[key] not in allowed:
+            raise ConfigError(
+                f"{e.name}: {key}={kwargs[key]!r} is not one of its variants "
+                f"({key} = {', '.join(map(str, allowed))})"
+            )
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Validate ``name`` and its keywords (names and listed variants) without building."""
+    e = entry(name)
+    _check_kwargs(e, kwargs)
+    _check_variants(e, kwargs)
+
+
 def make(name: str, **kwargs: Any) -> Any:
     """Build the registered pure-JAX environment ``name`` (JaxMARL ``MultiAgentEnv`` protocol).
 
     Raises:
         UnknownNameError: unknown name or keyword (the message names the closest valid ones).
-        ConfigError: a keyword value the environment rejects.
+        ConfigError: a keyword value the environment rejects, or outside the listed variants.
     """
     e = entry(name)
     _check_kwargs(e, kwargs)
+    _check_variants(e, kwargs)
     try:
         env = e.build(**kwargs)
     except (AssertionError, ValueError, TypeError, KeyError) as err:
@@ -242,7 +265,7 @@ def _smax_marines() -> None:
         return _smax_env(HeuristicEnemySMAX, scenario, **kw)
 
     kwargs = {"N": 3, "M": None, **_smax_kwargs()}
-    variants = tuple({"N": n} for n in (2, 3, 4, 5, 6, 8, 10))
+    variants = tuple({"N": n} for n in range(1, 11))
     register(
         EnvEntry(
             "smax/marines",

@@ -279,7 +279,9 @@ class RunLogger:
             self._families.append(set())
             try:
                 run.define_metric("env_steps")
-                run.define_metric("update", step_metric="env_steps")
+                # every metric against environment steps, so runs of different batch sizes
+                # and update counts line up in one W&B chart
+                run.define_metric("*", step_metric="env_steps")
             except Exception as e:
                 self._warn_once("define", f"W&B define_metric failed: {e}")
         self.mode = mode

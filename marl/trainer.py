@@ -397,6 +397,10 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     elif jax.process_index() == 0:
         Schedule.of(cfg)  # config errors end the run before it makes a directory
         _check_minibatches(cfg)
+        if cfg.env.kind == "jax":
+            from marl.envs.registry import check_kwargs
+
+            check_kwargs(str(cfg.env.name), dict(cfg.env.kwargs))
         run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
     else:  # other processes of a multi-process run: process 0's directory (below)
         run_dir = None
@@ -409,7 +413,14 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     runner = trainer.init_runner()
     best = {"params": runner.train.params, "score": np.full((trainer.S,), -np.inf, np.float32)}
     start, evals_done = 0, 0
-    if resume_dir is not None:
+    if resume_dir is not None and not ckpt.steps():
+        # killed before its first checkpoint (a pre-empted cluster job): the same run again
+        # from its saved config, in the same directory, its partial logs dropped
+        print(
+            f"resume={run_dir}: no checkpoint yet; starting the run again from its saved config",
+            file=sys.stderr,
+        )
+    elif resume_dir is not None:
         template = {
             "runner": runner,
             "best_params": best["params"],
@@ -433,6 +444,8 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     wb = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
     if not wb.get("group"):
         wb["group"] = experiment_name(cfg)
+    # filterable in W&B: the algorithm and the environment of every run
+    wb["tags"] = [*(wb.get("tags") or []), f"algo={cfg.algo.name}", f"env={cfg.env.name}"]
     if jax.process_index() == 0:
         logger = RunLogger(
             run_dir,

@@ -41,6 +41,7 @@ def test_envs_table(capsys):
         (["train", "logger.wandb.mode=on"], "logger.wandb.mode='on' is not one of"),
         (["train", "total_timesteps=10"], "less than one update"),
         (["evaluate", "/nonexistent/run"], "is not a run directory"),
+        (["train", "env.kwargs.N=99"], "N=99 is not one of its variants (N = 2, 3, 4"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message, tmp_path, monkeypatch):
@@ -94,3 +95,16 @@ def test_config_does_not_start_jax_backend():
     code = "import sys, marl.config; print('jaxmarl' in sys.modules, 'marl.envs' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["False", "False"], r.stderr
+
+
+def test_out_of_memory_names_the_settings_to_lower(capsys, tmp_path, monkeypatch):
+    import marl.trainer
+
+    def oom(cfg):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 107374182400 bytes.")
+
+    monkeypatch.setattr(marl.trainer, "train", oom)
+    assert main(["train", "num_envs=4096", f"logger.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory for the training batch" in err
+    assert "lower num_envs (now 4096), num_seeds (1) or algo.rollout_len (128)" in err

@@ -64,6 +64,9 @@ def test_unknown_kwarg_and_bad_value():
         make("mpe/simple_spread", N=0)
     with pytest.raises(ConfigError, match="cannot build mpe/simple_reference"):
         make("mpe/simple_reference", num_agents=3)
+    # outside the listed variants: one clear line, not an XLA out-of-memory error later
+    with pytest.raises(ConfigError, match=r"N=99 is not one of its variants \(N = 2, 3,"):
+        make("mpe/simple_spread", N=99)
 
 
 @pytest.mark.parametrize("n", [2, 5, 8])

@@ -11,7 +11,6 @@ import pytest
 
 from marl.cli import main
 from marl.config import compose
-from marl.errors import MarlError
 from marl.trainer import train
 
 # 16 updates of 4 envs x 32 steps, evaluated (and checkpointed) every 4 updates.
@@ -79,7 +78,9 @@ def test_run_directory(run):
     assert final["final"][0]["eval/episode_return"] == e[-1]["eval/episode_return"]
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [8, 12, 16]
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert list((run / "wandb").glob("offline-run-*"))  # syncable later with `wandb sync`
+    (offline,) = list((run / "wandb").glob("offline-run-*"))  # syncable with `wandb sync`
+    data = next(offline.glob("run-*.wandb")).read_bytes()
+    assert b"algo=mappo" in data and b"env=mpe/simple_spread" in data  # W&B tags
 
 
 def test_same_seed_same_metrics(run, tmp_path):
@@ -111,11 +112,22 @@ def test_corrupt_latest_checkpoint_falls_back(run, tmp_path):
     assert rows(resumed, "metrics.jsonl") == rows(run, "metrics.jsonl")
 
 
-def test_missing_checkpoints_fail_clearly(tmp_path):
+def test_resume_before_the_first_checkpoint_starts_again(run, tmp_path, capsys):
+    """A run killed before its first checkpoint (a pre-empted job) restarts from its saved
+    config in the same directory and, being deterministic, ends like the uninterrupted run."""
     part = train(tiny(tmp_path), stop_after_chunks=1)
     shutil.rmtree(part / "checkpoints")
-    with pytest.raises(MarlError, match="checkpoint"):
-        train(compose([f"resume={part}"]))
+    resumed = train(compose([f"resume={part}"]))
+    assert resumed == part and "starting the run again" in capsys.readouterr().err
+    assert rows(resumed, "metrics.jsonl") == rows(run, "metrics.jsonl")
+    assert rows(resumed, "eval.jsonl") == rows(run, "eval.jsonl")
+
+
+def test_resume_without_a_config_fails_clearly(tmp_path, capsys):
+    (tmp_path / "not_a_run").mkdir()
+    assert main(["train", f"resume={tmp_path / 'not_a_run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run directory (no config.yaml)" in err[0]
 
 
 def test_non_finite_loss_stops_the_run(tmp_path, capsys):
