@@ -168,8 +168,6 @@ _MPE_INTERNAL = (
 
 
 def _mpe(scenario: str, jaxmarl_id: str, description: str, variants=(), n_keys=()):
-    from jaxmarl import registration
-
     def build(continuous: bool = False, N: int | None = None, max_steps: int = 25, **kw: Any):
         if N is not None:
             if not isinstance(N, int) or N < 1:
@@ -183,7 +181,7 @@ def _mpe(scenario: str, jaxmarl_id: str, description: str, variants=(), n_keys=(
         # JaxMARL's MPE tests the time limit before counting the step, so its episodes last
         # max_steps + 1 steps; mpe2 (and the MPE papers) run max_cycles = 25 steps. Ask for
         # one less so that an episode here lasts exactly `max_steps`, as in mpe2.
-        env = registration.make(jaxmarl_id, max_steps=max_steps - 1, **kw)
+        env = _mpe_class(jaxmarl_id)(max_steps=max_steps - 1, **kw)
         env.episode_limit = max_steps
         return env
 
