@@ -153,6 +153,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    enable_compile_cache()
+    from marl.render import render_run
+
+    result = render_run(args.run_dir, episodes=args.episodes, out=args.out, seed=args.seed)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from marl.compare import cli as compare_cli
 
@@ -225,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         "marl search env=hanabi/small blueprint=<run dir>|uniform search=md|mmd "
         "eta=1 samples=16 rollouts=1 episodes=64 (env=openspiel/kuhn_poker, tiny_hanabi/A, ...)",
     )
+
+    p = sub.add_parser("render", help="greedy episodes of a trained MPE / SMAX run as a GIF")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--out", default=None, help="file.gif or file.mp4 (default: <run>/videos/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("compare", help="IQM with bootstrap CIs across runs, curves, table")
     p.add_argument("run_dirs", nargs="+")

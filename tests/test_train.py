@@ -183,3 +183,22 @@ def test_evaluate_and_compare_cli(run, tmp_path, capsys):
     assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "compare.png").is_file()
     assert (tmp_path / "cmp" / "compare.json").is_file()
+
+
+def test_render_writes_a_gif_of_greedy_episodes(run, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "episode.gif"
+    assert main(["render", str(run), "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["video"] == str(out) and result["episodes"] == 1
+    assert result["frames"] == 25 and len(result["returns"]) == 1  # an episode of 25 steps
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.n_frames == 25
+
+
+def test_render_refuses_what_it_cannot_draw(run, tmp_path, capsys):
+    assert main(["render", str(run), "--out", str(tmp_path / "x.avi")]) == 2
+    assert "must end in .gif or .mp4" in capsys.readouterr().err
+    assert main(["render", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
