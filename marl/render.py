@@ -110,7 +110,8 @@ def render_run(
         "run_dir": str(run_dir),
         "video": str(out),
         "episodes": episodes,
-        "frames": len(states) if family == "mpe" else len(triples),
+        "steps": len(triples),
+        "frames": len(viz.state_seq),  # SMAX: its sub-steps interpolated
         "returns": returns,
         "checkpoint_update": meta.get("update"),
     }
