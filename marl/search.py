@@ -199,9 +199,63 @@ def mean_ci(x: Any, rng: int = 0) -> dict[str, float]:
     return {"mean": float(ci.point), "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
-def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[str, Any]:
+def play_against_blueprint(
+    search: JaxSearch,
+    bp: Any,
+    belief: Any,
+    games: int,
+    batch: int,
+    seed: int = 0,
+    players: Any = None,
+    on_batch: Any = None,
+) -> dict[str, Any]:
+    """``games`` games with search (players in ``players``, default all) and, on the same
+    deals, with the blueprint alone, ``batch`` games at a time in one compiled program each.
+    ``on_batch(index, games done, {"search/score", "blueprint/score"}, scores so far)`` is
+    called after every batch. Returns the scores, wall seconds, moves (the longest game of
+    each batch, summed), decisions (all games' moves) and the compile time."""
     import time
 
+    B = min(batch, games)
+    t0 = time.perf_counter()
+    with_search, mask = search.compile_play(bp.params, B, belief, players)
+    alone, _ = search.compile_play(bp.params, B, None, players)
+    compile_s = time.perf_counter() - t0
+    out = {"search": [], "blueprint": []}
+    seconds = {"search": 0.0, "blueprint": 0.0}
+    steps = {"search": 0, "blueprint": 0}
+    decisions = {"search": 0, "blueprint": 0}
+    key = jax.random.PRNGKey(seed)
+    done, index = 0, 0
+    while done < games:
+        key, k = jax.random.split(key)
+        keys = jax.random.split(k, B)  # the same deals for both
+        take = min(B, games - done)
+        row = {}
+        for label, fn in (("search", with_search), ("blueprint", alone)):
+            t = time.perf_counter()
+            ret, n = fn(bp.params, keys, mask)
+            ret, n = np.asarray(ret), np.asarray(n)
+            seconds[label] += time.perf_counter() - t
+            steps[label] += int(n.max())
+            decisions[label] += int(n.sum())
+            out[label].extend(ret[:take].tolist())
+            row[f"{label}/score"] = float(ret[:take].mean())
+        done += take
+        if on_batch is not None:
+            on_batch(index, done, row, out)
+        index += 1
+    return {
+        "scores": out,
+        "seconds": seconds,
+        "steps": steps,
+        "decisions": decisions,
+        "compile_s": compile_s,
+        "batch": B,
+    }
+
+
+def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[str, Any]:
     from marl import envs
     from marl.agents import search_beliefs
     from marl.agents.search import JaxSearch, uniform_blueprint
@@ -225,37 +279,17 @@ def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[st
     if cfg.search.players is not None:
         players = np.zeros(env.spec.num_agents, bool)
         players[list(cfg.search.players)] = True
-    B = min(int(cfg.batch), int(cfg.episodes))
-    t0 = time.perf_counter()
-    with_search, mask = search.compile_play(bp.params, B, belief, players)
-    alone, _ = search.compile_play(bp.params, B, None, players)
-    compile_s = time.perf_counter() - t0
-    out = {"search": [], "blueprint": []}
-    seconds = {"search": 0.0, "blueprint": 0.0}
-    steps = {"search": 0, "blueprint": 0}
-    decisions = {"search": 0, "blueprint": 0}
-    key = jax.random.PRNGKey(int(cfg.seed))
-    done, batch = 0, 0
-    while done < cfg.episodes:
-        key, k = jax.random.split(key)
-        keys = jax.random.split(k, B)
-        row = {"seed": 0, "update": batch}
-        for label, fn in (("search", with_search), ("blueprint", alone)):
-            t = time.perf_counter()
-            ret, n = fn(bp.params, keys, mask)  # the same deals (keys) for both
-            ret, n = np.asarray(ret), np.asarray(n)
-            seconds[label] += time.perf_counter() - t
-            steps[label] += int(n.max())
-            decisions[label] += int(n.sum())
-            take = min(B, int(cfg.episodes) - done)
-            out[label].extend(ret[:take].tolist())
-            row[f"{label}/score"] = float(ret[:take].mean())
-        done += min(B, int(cfg.episodes) - done)
-        batch += 1
-        row["env_steps"] = done
-        logger.log_eval([row])
+
+    def on_batch(batch: int, done: int, row: dict, out: dict) -> None:
+        logger.log_eval([{"seed": 0, "update": batch, "env_steps": done, **row}])
         s, b = np.mean(out["search"]), np.mean(out["blueprint"])
         progress.show(done, f"search {s:.3f} blueprint {b:.3f}")
+
+    games = play_against_blueprint(
+        search, bp, belief, int(cfg.episodes), int(cfg.batch), int(cfg.seed), players, on_batch
+    )
+    out, seconds, steps = games["scores"], games["seconds"], games["steps"]
+    decisions = games["decisions"]
     result = {
         "score/search": mean_ci(out["search"]),
         "score/blueprint": mean_ci(out["blueprint"]),
@@ -263,8 +297,8 @@ def _play_jax(cfg: Any, sc: SearchConfig, logger: Any, progress: Any) -> dict[st
         "seconds_per_move/search": seconds["search"] / max(steps["search"], 1),
         "seconds_per_move/blueprint": seconds["blueprint"] / max(steps["blueprint"], 1),
         "moves_per_second/search": decisions["search"] / max(seconds["search"], 1e-9),
-        "compile_seconds": compile_s,
-        "games_per_batch": B,
+        "compile_seconds": games["compile_s"],
+        "games_per_batch": games["batch"],
         "scores": out,
     }
     if name.startswith("tiny_hanabi/") and cfg.iterations > 0:

@@ -244,44 +244,28 @@ def hanabi(b: dict, root: Path) -> dict:
 
 def _hanabi_games(run: Path, seed: int, cfg, games: int, likelihood: str) -> dict:
     """``games`` games of hanabi/small with MD search and, on the same deals, without."""
-    import jax
     import numpy as np
 
     from marl.agents.search import JaxSearch
     from marl.agents.search_beliefs import hanabi_belief
-    from marl.search import load_blueprint, mean_ci
+    from marl.search import load_blueprint, mean_ci, play_against_blueprint
 
     bp, env = load_blueprint(run, "hanabi/small", {}, None, seed)
     search = JaxSearch(env, bp, cfg, max_depth=40)
-    B = min(games, 32)
-    t = time.perf_counter()
-    with_search, mask = search.compile_play(bp.params, B, hanabi_belief(env, bp, likelihood))
-    alone, _ = search.compile_play(bp.params, B, None)
-    compile_s = time.perf_counter() - t
-    scores = {"search": [], "blueprint": []}
-    secs = {"search": 0.0, "blueprint": 0.0}
-    moves = {"search": 0, "blueprint": 0}
-    key = jax.random.PRNGKey(1000 + seed)
-    for _ in range(max(games // B, 1)):
-        key, k = jax.random.split(key)
-        keys = jax.random.split(k, B)  # the same deals for both
-        for label, fn in (("search", with_search), ("blueprint", alone)):
-            t = time.perf_counter()
-            ret, n = fn(bp.params, keys, mask)
-            ret = np.asarray(ret)
-            secs[label] += time.perf_counter() - t
-            moves[label] += int(np.asarray(n).max())
-            scores[label] += ret.tolist()
+    belief = hanabi_belief(env, bp, likelihood)
+    g = play_against_blueprint(search, bp, belief, games, 32, seed=1000 + seed)
+    scores = g["scores"]
     diff = np.array(scores["search"]) - np.array(scores["blueprint"])
     return {
         "eta": cfg.eta,
+        "likelihood": likelihood,
         "games": len(diff),
         "search": mean_ci(scores["search"]),
         "blueprint": mean_ci(scores["blueprint"]),
         "difference": mean_ci(diff),
-        "seconds_per_move_search": secs["search"] / moves["search"],
-        "seconds_per_move_blueprint": secs["blueprint"] / moves["blueprint"],
-        "compile_s": compile_s,
+        "seconds_per_move_search": g["seconds"]["search"] / g["steps"]["search"],
+        "seconds_per_move_blueprint": g["seconds"]["blueprint"] / g["steps"]["blueprint"],
+        "compile_s": g["compile_s"],
     }
 
 
