@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import distrax
 import jax
 import jax.numpy as jnp
 import optax
@@ -28,6 +27,10 @@ from marl.policy import PolicyInput
 def action_dist(out, avail: jax.Array, discrete: bool):
     """The action distribution of a network output: masked categorical logits (``avail``
     marks legal actions), or a diagonal Gaussian from ``(mean, log_std)``."""
+    # imported here: distrax loads TensorFlow Probability's JAX substrate (1-2 s), which a
+    # relaunch running exported programs (marl/programs.py) never needs
+    import distrax
+
     if discrete:
         return distrax.Categorical(logits=jnp.where(avail, out, -1e9))
     mean, log_std = out

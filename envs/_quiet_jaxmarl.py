@@ -68,3 +68,8 @@ if "jaxmarl" not in sys.modules:
     sys.modules["jaxmarl"] = _pkg
     sys.modules["jaxmarl.environments"] = _envs
     _pkg.environments = _envs
+    # the MPE package's __init__ imports its matplotlib visualiser (0.9 s) with every
+    # scenario: a run imports the one scenario module it uses
+    _mpe = _lazy_package("jaxmarl.environments.mpe", _root / "environments" / "mpe")
+    sys.modules["jaxmarl.environments.mpe"] = _mpe
+    _envs.mpe = _mpe

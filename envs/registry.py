@@ -14,7 +14,7 @@ train across them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +39,35 @@ class EnvEntry:
     name: str
     build: Callable[..., Any]
     description: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
     win: Callable[[Any, Any], Any] | None = None
     alive: Callable[[Any, Any], Any] | None = None
+
+
+class LazyKwargs(Mapping):
+    """An entry's keyword defaults, read from the environment's class on first use: the
+    registry is built at import without importing every JaxMARL family."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]):
+        self._read, self._kwargs = read, None
+
+    def _get(self) -> dict[str, Any]:
+        if self._kwargs is None:
+            self._kwargs = self._read()
+        return self._kwargs
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
 
 
 _REGISTRY: dict[str, EnvEntry] = {}
@@ -185,27 +210,33 @@ def _mpe(scenario: str, jaxmarl_id: str, description: str, variants=(), n_keys=(
         env.episode_limit = max_steps
         return env
 
-    cls = _mpe_class(jaxmarl_id)
-    kwargs = {"continuous": False, **_defaults(cls, *_MPE_INTERNAL, "num_entities", "action_type")}
-    if n_keys:
-        kwargs["N"] = None
-    register(EnvEntry(f"mpe/{scenario}", build, description, kwargs, tuple(variants)))
+    def kwargs() -> dict[str, Any]:
+        cls = _mpe_class(jaxmarl_id)
+        kw = {"continuous": False, **_defaults(cls, *_MPE_INTERNAL, "num_entities", "action_type")}
+        return {**kw, "N": None} if n_keys else kw
+
+    register(EnvEntry(f"mpe/{scenario}", build, description, LazyKwargs(kwargs), tuple(variants)))
+
+
+_MPE_CLASSES = {  # JaxMARL id -> (module of jaxmarl.environments.mpe, class)
+    "MPE_simple_v3": ("simple", "SimpleMPE"),
+    "MPE_simple_spread_v3": ("simple_spread", "SimpleSpreadMPE"),
+    "MPE_simple_tag_v3": ("simple_tag", "SimpleTagMPE"),
+    "MPE_simple_world_comm_v3": ("simple_world_comm", "SimpleWorldCommMPE"),
+    "MPE_simple_speaker_listener_v4": ("simple_speaker_listener", "SimpleSpeakerListenerMPE"),
+    "MPE_simple_reference_v3": ("simple_reference", "SimpleReferenceMPE"),
+    "MPE_simple_adversary_v3": ("simple_adversary", "SimpleAdversaryMPE"),
+    "MPE_simple_push_v3": ("simple_push", "SimplePushMPE"),
+    "MPE_simple_crypto_v3": ("simple_crypto", "SimpleCryptoMPE"),
+}
 
 
 def _mpe_class(jaxmarl_id: str) -> type:
-    from jaxmarl.environments import mpe
+    """The scenario's class, importing its module only (not the whole MPE package)."""
+    import importlib
 
-    return {
-        "MPE_simple_v3": mpe.SimpleMPE,
-        "MPE_simple_spread_v3": mpe.SimpleSpreadMPE,
-        "MPE_simple_tag_v3": mpe.SimpleTagMPE,
-        "MPE_simple_world_comm_v3": mpe.SimpleWorldCommMPE,
-        "MPE_simple_speaker_listener_v4": mpe.SimpleSpeakerListenerMPE,
-        "MPE_simple_reference_v3": mpe.SimpleReferenceMPE,
-        "MPE_simple_adversary_v3": mpe.SimpleAdversaryMPE,
-        "MPE_simple_push_v3": mpe.SimplePushMPE,
-        "MPE_simple_crypto_v3": mpe.SimpleCryptoMPE,
-    }[jaxmarl_id]
+    module, cls = _MPE_CLASSES[jaxmarl_id]
+    return getattr(importlib.import_module(f"jaxmarl.environments.mpe.{module}"), cls)
 
 
 def _smax_win(env: Any, state: Any) -> Any:
@@ -229,12 +260,12 @@ def _smax_env(cls: type, scenario: Any, max_steps: int = 100, **kw: Any) -> Any:
 
 
 def _smax(map_name: str, description: str) -> None:
-    from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
-
     def build(**kw: Any):
+        from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+
         return _smax_env(HeuristicEnemySMAX, map_name_to_scenario(map_name), **kw)
 
-    kwargs = _smax_kwargs()
+    kwargs = LazyKwargs(_smax_kwargs)
     register(
         EnvEntry(f"smax/{map_name}", build, description, kwargs, win=_smax_win, alive=_smax_alive)
     )
@@ -250,11 +281,11 @@ def _smax_kwargs() -> dict[str, Any]:
 
 
 def _smax_marines() -> None:
-    import jax.numpy as jnp
-    from jaxmarl.environments.smax import HeuristicEnemySMAX
-    from jaxmarl.environments.smax.smax_env import Scenario
-
     def build(N: int = 3, M: int | None = None, **kw: Any):
+        import jax.numpy as jnp
+        from jaxmarl.environments.smax import HeuristicEnemySMAX
+        from jaxmarl.environments.smax.smax_env import Scenario
+
         M = N if M is None else M
         for key, v in (("N", N), ("M", M)):
             if not isinstance(v, int) or v < 1:
@@ -262,7 +293,7 @@ def _smax_marines() -> None:
         scenario = Scenario(jnp.zeros((N + M,), dtype=jnp.uint8), N, M, False, False)
         return _smax_env(HeuristicEnemySMAX, scenario, **kw)
 
-    kwargs = {"N": 3, "M": None, **_smax_kwargs()}
+    kwargs = LazyKwargs(lambda: {"N": 3, "M": None, **_smax_kwargs()})
     variants = tuple({"N": n} for n in range(1, 11))
     register(
         EnvEntry(

@@ -41,7 +41,17 @@ from typing import Any
 
 import numpy as np
 
-SECTIONS = ("env", "pz", "train", "jaxmarl", "scaling", "compile", "target", "search")
+SECTIONS = (
+    "env",
+    "pz",
+    "train",
+    "jaxmarl",
+    "scaling",
+    "compile",
+    "target",
+    "search",
+    "relaunch",
+)
 ENV_NAMES = ("mpe/simple_spread", "smax/3m")
 
 #: Targets: key -> (description, comparison, threshold, unit).
@@ -73,6 +83,14 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
         "MD search decisions/s, pure JAX vs a Python loop of OpenSpiel clones (hanabi/small)",
         ">=",
         2.0,
+        "x",
+    ),
+    "relaunch_first": ("`marl train` whole process, empty compile cache", "<=", 15.0, "s"),
+    "relaunch_cached": ("`marl train` whole process, cached relaunch", "<=", 6.0, "s"),
+    "relaunch_vs_jaxmarl": (
+        "cached `marl train` wall time vs JaxMARL's ippo_ff_mpe.py, same tiny budget",
+        "<=",
+        1 / 3,
         "x",
     ),
     "seeds_8_vs_1": ("wall time of 8 vmapped seeds vs 1, same steps per seed", "<=", 4.0, "x"),
@@ -1025,6 +1043,67 @@ def bench_compile(s: Settings) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------- 7. whole-process relaunch
+RELAUNCH_COMMAND = (
+    "env=mpe/simple_spread",
+    "algo=mappo",
+    "total_timesteps=20000",
+    "num_envs=16",
+)
+
+
+def _timed_process(cmd: list[str], env: dict[str, str], cwd: str) -> float:
+    t0 = _now()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    wall = _now() - t0
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])} ... failed ({out.returncode}):\n{out.stderr[-2000:]}"
+        )
+    return wall
+
+
+def bench_relaunch(s: Settings, repo: str | None) -> dict[str, Any]:
+    """``marl train`` on a tiny budget timed as a whole process (interpreter start, imports,
+    tracing, compiles, training, evaluation, checkpoints, W&B offline): with an empty
+    compilation cache, then relaunched on the same cache; next to JaxMARL's own
+    ``ippo_ff_mpe.py`` at the same budget (one seed) in the same run."""
+    cached_runs = 1 if s.quick else 2
+    with tempfile.TemporaryDirectory(prefix="marl-bench-relaunch-") as tmp:
+        env = dict(os.environ)
+        env.update(MARL_COMPILE_CACHE=os.path.join(tmp, "cache"), JAX_PLATFORMS="cpu")
+        cmd = [sys.executable, "-m", "marl.cli", "train", *RELAUNCH_COMMAND]
+        cmd.append(f"logger.root={os.path.join(tmp, 'runs')}")
+        first = _timed_process(cmd, env, tmp)
+        cached = [_timed_process(cmd, env, tmp) for _ in range(cached_runs)]
+        _log(f"relaunch: first {first:.1f} s, cached {_median(cached):.1f} s")
+        out: dict[str, Any] = {
+            "command": "marl train " + " ".join(RELAUNCH_COMMAND),
+            "first_s": first,
+            "cached_s": _median(cached),
+            "cached_runs_s": cached,
+        }
+        script = Path(repo) / "baselines" / "IPPO" / "ippo_ff_mpe.py" if repo else None
+        if script is None or not script.is_file():
+            out["jaxmarl_error"] = "not run: pass --jaxmarl-repo PATH"
+            return out
+        theirs = [
+            sys.executable,
+            str(script),
+            "TOTAL_TIMESTEPS=20000",
+            "NUM_ENVS=16",
+            "NUM_SEEDS=1",
+            "WANDB_MODE=disabled",
+            f"hydra.run.dir={os.path.join(tmp, 'jaxmarl')}",
+        ]
+        try:
+            out["jaxmarl_s"] = _median([_timed_process(theirs, env, tmp) for _ in range(1)])
+            _log(f"relaunch: JaxMARL ippo_ff_mpe.py {out['jaxmarl_s']:.1f} s")
+        except RuntimeError as e:
+            out["jaxmarl_error"] = str(e)[:500]
+    return out
+
+
 # -------------------------------------------------------------------------------- targets
 def _verdict(key: str, value: float, detail: str = "") -> dict[str, Any]:
     desc, op, thr, unit = TARGETS[key]
@@ -1121,6 +1200,13 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         t = _verdict("search_vs_openspiel", r["ratio"], detail)
         t["key"] = f"search_vs_openspiel[{r['blueprint']}]"
         out.append(t)
+    rl = res.get("relaunch")
+    if rl:
+        out.append(_verdict("relaunch_first", rl["first_s"], rl["command"]))
+        out.append(_verdict("relaunch_cached", rl["cached_s"], rl["command"]))
+        if rl.get("jaxmarl_s"):
+            detail = f"{rl['cached_s']:.1f} s vs {rl['jaxmarl_s']:.1f} s"
+            out.append(_verdict("relaunch_vs_jaxmarl", rl["cached_s"] / rl["jaxmarl_s"], detail))
     seeds = (res.get("scaling") or {}).get("num_seeds") or []
     if len(seeds) > 1:
         last = seeds[-1]
@@ -1346,6 +1432,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         res["target"] = bench_target(s, args.jaxmarl_repo)
     if "search" in only:
         res["search"] = bench_search(s)
+    if "relaunch" in only:
+        res["relaunch"] = bench_relaunch(s, args.jaxmarl_repo)
     res["meta"]["total_s"] = _now() - t_all
     res["machine"]["load_avg_end"] = list(os.getloadavg())
     res["targets"] = evaluate_targets(res)

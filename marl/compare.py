@@ -292,6 +292,38 @@ def expand_run_dirs(run_dirs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def _sweep_jobs(
+    run_dirs: Iterable[str | Path],
+) -> tuple[list[Path], dict[Path, str], list[str]]:
+    """Sweep directories (``marl train -m``) replaced by their finished jobs, each labelled
+    with its swept values (the seed and the environment excepted); failed jobs are left out
+    with a note."""
+    from marl.sweep import is_sweep, read_index
+
+    out: list[Path] = []
+    labels: dict[Path, str] = {}
+    notes: list[str] = []
+    for d in run_dirs:
+        d = Path(d)
+        if not is_sweep(d):
+            out.append(d)
+            continue
+        rows = read_index(d)
+        for row in rows:
+            job_dir = d / Path(row["run_dir"]).name
+            if row.get("status") == "ok":
+                out.append(job_dir)
+                labels[job_dir.resolve()] = row.get("label") or "all"
+            else:
+                notes.append(
+                    f"{d.name}: job {row['job']} ({' '.join(row['overrides'])}) left out: "
+                    f"{row.get('status')}, {row.get('error', 'no result')}"
+                )
+        if not any(r.get("status") == "ok" for r in rows):
+            raise MarlError(f"sweep {d} has no finished job to compare")
+    return out, labels, notes
+
+
 # ---------------------------------------------------------------------------------- results
 
 
@@ -492,13 +524,17 @@ def compare(
         raise ConfigError(f"reps must be >= 1, got {reps}")
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
+    run_dirs, labels, notes = _sweep_jobs(run_dirs)
     runs = [load_run(p) for p in expand_run_dirs(run_dirs)]
-    notes = [w for r in runs for w in r.warnings]
+    notes += [w for r in runs for w in r.warnings]
 
     # Scores per group and task ---------------------------------------------------------
     run_scores, source = _scores_of(runs, metric)
 
     def group(r: RunData) -> str:
+        label = labels.get(r.path.resolve())
+        if label is not None and group_by == "algo":  # a sweep's job: its swept values
+            return r.algo if label == "all" else label
         return r.algo if group_by == "algo" else r.experiment
 
     groups: dict[str, dict[str, list[float]]] = {}

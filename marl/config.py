@@ -84,6 +84,7 @@ class EvalConfig:
     greedy: bool = True
     absolute_factor: int = 10  # the absolute metric re-evaluates the best params over 10 x E
     max_steps: int = 500  # cap on an evaluation episode where the env has no time limit
+    video: bool = True  # the final evaluation draws one greedy episode (MPE, SMAX, PettingZoo)
 
 
 @dataclass

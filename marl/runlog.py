@@ -414,6 +414,20 @@ class RunLogger:
         except Exception as e:  # artifacts never fail a run
             warnings.warn(f"W&B artifact {name!r} from {path} not logged: {e}", stacklevel=2)
 
+    def log_video(self, path: Path | str, env_steps: int, key: str = "eval/video") -> None:
+        """Log a GIF / MP4 to the seed-0 W&B run as media (offline runs keep it for ``wandb
+        sync``). Skipped when W&B is disabled; a failure only warns."""
+        if not self._runs:
+            return
+        try:
+            import wandb
+
+            path = Path(path)
+            video = wandb.Video(str(path), format=path.suffix.lstrip("."))
+            self._runs[0].log({key: video, "env_steps": int(env_steps)})
+        except Exception as e:  # media never fails a run
+            self._warn_once("video", f"W&B video {path} not logged: {e}")
+
     # ---------------------------------------------------------------------------- plot
     def plot(self, path: Path | str | None = None) -> Path:
         """Learning curve PNG (default ``run_dir/learning_curve.png``); returns its path."""

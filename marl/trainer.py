@@ -38,6 +38,7 @@ from marl.parallel import (
     to_global,
 )
 from marl.ppo import PPOConfig, TrainState, ValueNorm, scan
+from marl.programs import Program, ProgramCache
 from marl.rollout import (
     HostRollout,
     Runner,
@@ -154,9 +155,6 @@ class Trainer:
         self.ppo = ppo_config(cfg.algo)
         eval_steps = self.spec.max_steps or cfg.eval.max_steps
         self.eval_steps = eval_steps
-        # Key derivation and the whole initial state are one compiled program (see
-        # `init_runner`): every eager JAX op at start-up costs a compile of its own.
-        self._init = jax.jit(self._init_fn)
         self._seed = np.uint32(cfg.seed % 2**32)
         self.eval_key: jax.Array | None = None  # set by `init_runner`
         self._summaries = None  # jitted policy.summaries, on first use
@@ -165,46 +163,66 @@ class Trainer:
             devices = select_devices(str(cfg.devices), E)
             if len(devices) > 1:
                 self.mesh = make_mesh(devices)
+        # single-device pure-JAX runs keep their programs exported (marl/programs.py): a
+        # relaunch of the same config traces nothing
+        self.programs = None
+        if self.kind == "jax" and self.mesh is None and jax.process_count() == 1:
+            self.programs = ProgramCache.for_config(to_dict(cfg))
+        # Key derivation and the whole initial state are one compiled program (see
+        # `init_runner`): every eager JAX op at start-up costs a compile of its own.
+        self._init = self._program(
+            "init", lambda: jax.jit(self._init_fn), (jax.ShapeDtypeStruct((), np.uint32),)
+        )
         if self.kind == "jax":
-            # jitted so that its trace for `eval_shape` below is reused inside `chunk`
-            run = jax.jit(
-                make_jax_update(
-                    self.env, self.policy, self.ppo, self.optimizer, cfg.algo.rollout_len
-                )
-            )
-
-            one_seed = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, weak_type=x.weak_type),
-                self._abstract_runner(),
-            )
-            metrics_shape = jax.eval_shape(run, one_seed)[1]
-
-            def chunk(runner, n):
-                # Always `sched.chunk` scan steps, the ones past `n` skipped: the shorter last
-                # chunk reuses the same compiled program instead of compiling its own.
-                def body(r, i):
-                    skip = (r, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
-                    return jax.lax.cond(i < n, run, lambda r: skip, r)
-
-                return scan(body, runner, jnp.arange(self.sched.chunk))
-
             if self.mesh is None:
-                self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+                self._chunk = None  # built on first use: evaluation and rendering skip it
             else:
                 self._shardings = runner_shardings(self.mesh, self._abstract_runner())
                 replicated = NamedSharding(self.mesh, PartitionSpec())
-                self._chunk = jax.jit(
-                    jax.vmap(chunk, in_axes=(0, None)), out_shardings=(self._shardings, replicated)
-                )
+                self._chunk = self._build_chunk(out_shardings=(self._shardings, replicated))
             self._eval = {}
         else:
             self.host = HostRollout(self.env, self.policy, S, E)
             self._update = jax.jit(jax.vmap(make_update(self.policy, self.ppo, self.optimizer)))
 
+    def _program(self, name: str, build, abstract_args: tuple):
+        """``build()`` (a jitted function), or its exported copy from the program cache."""
+        if self.programs is not None:
+            program = self.programs.get(name, build, abstract_args)
+            if program is not None:
+                return program
+        return build()
+
+    def _build_chunk(self, **jit_kwargs):
+        """The jitted training chunk: ``sched.chunk`` updates, vmapped over the seeds."""
+        # jitted so that its trace for `eval_shape` below is reused inside `chunk`
+        update = make_jax_update(
+            self.env, self.policy, self.ppo, self.optimizer, self.cfg.algo.rollout_len
+        )
+        run = jax.jit(update)
+        one_seed = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, weak_type=x.weak_type),
+            self._abstract_runner(),
+        )
+        metrics_shape = jax.eval_shape(run, one_seed)[1]
+
+        def chunk(runner, n):
+            # Always `sched.chunk` scan steps, the ones past `n` skipped: the shorter last
+            # chunk reuses the same compiled program instead of compiling its own.
+            def body(r, i):
+                skip = (r, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
+                return jax.lax.cond(i < n, run, lambda r: skip, r)
+
+            return scan(body, runner, jnp.arange(self.sched.chunk))
+
+        return jax.jit(jax.vmap(chunk, in_axes=(0, None)), **jit_kwargs)
+
     # ---------------------------------------------------------------- state
     def _abstract_runner(self) -> Runner:
         """Shapes of :meth:`init_runner`'s result, without computing it (the trace is cached
-        and reused by the real call)."""
+        and reused by the real call; an exported program knows them without tracing)."""
+        if isinstance(self._init, Program):
+            return self._init.out_shape[0]
         return jax.eval_shape(self._init, self._seed)[0]
 
     def _init_fn(self, seed: jax.Array) -> tuple[Runner, jax.Array]:
@@ -255,8 +273,19 @@ class Trainer:
         if self.kind == "jax":
             k = (episodes, greedy)
             if k not in self._eval:
-                ev = make_jax_eval(self.env, self.policy, episodes, self.eval_steps, greedy)
-                self._eval[k] = jax.jit(jax.vmap(ev, in_axes=(0, None)))
+
+                def build():
+                    ev = make_jax_eval(self.env, self.policy, episodes, self.eval_steps, greedy)
+                    return jax.jit(jax.vmap(ev, in_axes=(0, None)))
+
+                abstract = (
+                    self._abstract_runner().train.params,
+                    jax.ShapeDtypeStruct(jnp.shape(key), jnp.asarray(key).dtype),
+                )
+                if self.mesh is None:
+                    self._eval[k] = self._program(f"eval-{episodes}-{int(greedy)}", build, abstract)
+                else:
+                    self._eval[k] = build()
             ret, length, won, finished = jax.device_get(self._eval[k](params, key))
             if not finished.all():
                 raise MarlError(
@@ -286,6 +315,9 @@ class Trainer:
         if self.kind == "jax":
             if self.mesh is not None:  # e.g. a runner restored from a checkpoint
                 runner = to_global(runner, self._shardings)
+            if self._chunk is None:
+                abstract = (self._abstract_runner(), jax.ShapeDtypeStruct((), jnp.int32))
+                self._chunk = self._program("chunk", self._build_chunk, abstract)
             runner, metrics = self._chunk(runner, jnp.int32(n))
             return runner, jax.tree.map(lambda m: m[:, :n], jax.device_get(metrics))
         rows = []
@@ -377,10 +409,14 @@ def experiment_name(cfg: DictConfig) -> str:
     return cfg.experiment or f"{cfg.algo.name}-{cfg.env.name.replace('/', '-')}"
 
 
-def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
+def train(
+    cfg: DictConfig, *, run_dir: Path | str | None = None, stop_after_chunks: int | None = None
+) -> Path:
     """Train from a validated config (or resume ``cfg.resume``); returns the run directory.
 
-    ``stop_after_chunks`` ends the run early after that many chunks (tests of resume).
+    ``run_dir`` puts a new run in that directory (a sweep's job directory) instead of a new
+    ``<logger.root>/<experiment>/<run-id>``. ``stop_after_chunks`` ends the run early after
+    that many chunks (tests of resume).
     """
     from marl.checkpoint import Checkpointer
     from marl.runlog import RunLogger, new_run_dir
@@ -401,7 +437,11 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
             from marl.envs.registry import check_kwargs
 
             check_kwargs(str(cfg.env.name), dict(cfg.env.kwargs))
-        run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
+        if run_dir is None:
+            run_dir = new_run_dir(Path(cfg.logger.root), experiment_name(cfg))
+        else:
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
     else:  # other processes of a multi-process run: process 0's directory (below)
         run_dir = None
     if multi_process:  # one run directory, process 0's; only process 0 logs
@@ -445,7 +485,8 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
     if not wb.get("group"):
         wb["group"] = experiment_name(cfg)
     # filterable in W&B: the algorithm and the environment of every run
-    wb["tags"] = [*(wb.get("tags") or []), f"algo={cfg.algo.name}", f"env={cfg.env.name}"]
+    tags = [*(wb.get("tags") or []), f"algo={cfg.algo.name}", f"env={cfg.env.name}"]
+    wb["tags"] = list(dict.fromkeys(tags))  # once each (a sweep's job or a resume has them)
     if jax.process_index() == 0:
         logger = RunLogger(
             run_dir,
@@ -461,7 +502,7 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         sched.num_updates * sched.steps_per_update,
         start * sched.steps_per_update,
     )
-    last_ckpt = None
+    last_ckpt, ret = None, None
     t_start = time.perf_counter()
     try:
         with progress:
@@ -529,6 +570,13 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
                     )
                 if stop_after_chunks is not None and i + 1 >= stop_after_chunks:
                     return run_dir
+        if ret is None:  # resumed after its last update: evaluate as its last evaluation did
+            update, env_steps = start, start * sched.steps_per_update
+            ret, length, won = trainer.evaluate(
+                runner.train.params,
+                jax.random.fold_in(trainer.eval_key, max(evals_done - 1, 0)),
+                cfg.eval.episodes,
+            )
         # the absolute metric: the best parameters over 10 x E episodes
         n_abs = cfg.eval.episodes * cfg.eval.absolute_factor
         a_ret, _, a_won = trainer.evaluate(
@@ -551,6 +599,8 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
             "updates": update,
         }
         logger.write_final(final)
+        if cfg.eval.video and jax.process_index() == 0 and not multi_process:
+            _final_video(trainer, best["params"], logger, env_steps)
         from marl.compare import to_marl_eval_json
 
         if jax.process_index() == 0:
@@ -566,6 +616,23 @@ def train(cfg: DictConfig, *, stop_after_chunks: int | None = None) -> Path:
         logger.close()
         ckpt.close()
     return run_dir
+
+
+def _final_video(trainer: Trainer, params: Any, logger: Any, env_steps: int) -> None:
+    """One greedy episode of seed 0's best parameters as ``videos/final.gif``, logged to W&B;
+    environments that cannot be drawn are skipped, and a drawing failure only warns."""
+    from marl.render import can_render, render_episodes
+
+    if not can_render(trainer.cfg):
+        return
+    out = trainer.run_dir / "videos" / "final.gif"
+    try:
+        seed0 = jax.tree.map(lambda x: x[0], params)
+        render_episodes(trainer, seed0, out, seed=int(trainer.cfg.seed))
+    except Exception as err:  # a video never fails a finished run
+        print(f"final video not drawn: {type(err).__name__}: {err}", file=sys.stderr)
+        return
+    logger.log_video(out, env_steps)
 
 
 class _NoLogger:

@@ -17,5 +17,5 @@ import jax  # noqa: E402
 _CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
 os.environ["MARL_COMPILE_CACHE"] = str(_CACHE)  # `marl train` in tests uses the same cache
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as `marl` does
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

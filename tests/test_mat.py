@@ -531,6 +531,7 @@ RUN = [
     "algo.graph.period=2",
     "eval.absolute_factor=1",  # the same evaluation as the others
     "logger.wandb.mode=disabled",
+    "eval.video=false",
 ]
 
 

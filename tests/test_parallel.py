@@ -23,6 +23,7 @@ TINY = [
     "eval.absolute_factor=2",
     "logger.progress=false",
     "logger.wandb.mode=disabled",
+    "eval.video=false",
 ]
 
 SCRIPT = textwrap.dedent("""

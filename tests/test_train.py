@@ -8,28 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import QUIET, TINY
 
 from marl.cli import main
 from marl.config import compose
 from marl.trainer import train
 
-# 16 updates of 4 envs x 32 steps, evaluated (and checkpointed) every 4 updates.
-TINY = [
-    "total_timesteps=2048",
-    "num_envs=4",
-    "algo.rollout_len=32",
-    "algo.num_minibatches=2",
-    "algo.update_epochs=2",
-    "eval.num_evals=4",
-    "eval.episodes=4",
-    "eval.absolute_factor=2",
-    "logger.progress=false",
-    "checkpoint.max_to_keep=3",
-]
-
 
 def tiny(root: Path, *extra: str):
-    return compose([*TINY, f"logger.root={root}", "logger.wandb.mode=disabled", *extra])
+    return compose([*TINY, f"logger.root={root}", *QUIET, *extra])
 
 
 def rows(run: Path, name: str) -> list[dict]:
@@ -185,6 +172,15 @@ def test_evaluate_and_compare_cli(run, tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare.json").is_file()
 
 
+def gif_ms(im) -> int:
+    """A GIF's length in milliseconds (Pillow merges identical frames, adding their times)."""
+    total = 0
+    for i in range(im.n_frames):
+        im.seek(i)
+        total += im.info["duration"]
+    return total
+
+
 def test_render_writes_a_gif_of_greedy_episodes(run, tmp_path, capsys):
     from PIL import Image
 
@@ -193,8 +189,18 @@ def test_render_writes_a_gif_of_greedy_episodes(run, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["video"] == str(out) and result["episodes"] == 1
     assert result["frames"] == 25 and len(result["returns"]) == 1  # an episode of 25 steps
-    with Image.open(out) as im:
-        assert im.format == "GIF" and im.n_frames == 25
+    with Image.open(out) as im:  # identical frames are merged: count the time they span
+        assert im.format == "GIF" and gif_ms(im) == 25 * 100
+
+
+def test_final_evaluation_video_in_the_run_and_in_wandb(run):
+    from PIL import Image
+
+    video = run / "videos" / "final.gif"
+    with Image.open(video) as im:  # one greedy episode of simple_spread: 25 frames
+        assert im.format == "GIF" and gif_ms(im) == 25 * 100 and im.size == (320, 320)
+    media = list((run / "wandb").glob("offline-run-*/files/media/videos/eval/video_*.gif"))
+    assert len(media) == 1 and media[0].read_bytes() == video.read_bytes()
 
 
 def test_render_refuses_what_it_cannot_draw(run, tmp_path, capsys):
