@@ -192,10 +192,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def enable_compile_cache() -> None:
     """Persistent XLA compilation cache: a second launch of a config skips its compile.
 
-    Every program is cached, however fast it compiles: a run builds about a hundred small
-    ones (0.1-0.4 s each), and with JAX's usual 1 s floor (0.5 s here before) they were
-    compiled again at every launch: a cached relaunch of a tiny MPE run trained in 21 s
-    instead of 9 s (`python scripts/relaunch.py`)."""
+    Every program is cached, however fast it compiles (JAX's default floor is 1 s); the
+    large ones are also kept traced and lowered by the program cache (marl/programs.py).
+    """
     import jax
 
     cache = os.environ.get(

@@ -2,10 +2,11 @@
 
 JAX's persistent compilation cache skips XLA's compile on a relaunch, but not the work before
 it: tracing the Python of the environment, the policy and the PPO update into a jaxpr, and
-lowering that to StableHLO, which for a small run is most of the start-up (about 6 of the 9
-seconds a cached tiny MPE run spends in ``train``). Here each of the run's large programs
-(the initial state, the training chunk, the evaluation) is exported once with ``jax.export``
-and stored next to the compilation cache; a later launch with the same key deserialises it
+lowering that to StableHLO, which for a small run is most of the start-up (about 5 of the
+8.5 seconds a cached tiny MPE run spent in ``train``; ``scripts/relaunch.py``). Here each
+of the run's large programs (the initial state, the training chunk, the evaluation, the
+rendered episode) is exported once with ``jax.export`` and stored next to the compilation
+cache; a later launch with the same key deserialises it
 and calls it, so nothing is traced again and the compile is a cache hit.
 
 The key is a hash of everything the programs are built from: the config without the keys
