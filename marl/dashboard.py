@@ -115,8 +115,11 @@ def build(paths: list[str | Path], name: str | None = None) -> Dashboard:
     sections: dict[str, list[Any]] = {
         "Returns": [curve(m, m) for m in RETURN_PANELS],
     }
-    has_win = any(r.get("eval/win_rate") is not None for run in runs for r in run.evals) or any(
-        (run.final or {}).get("final", [{}])[0].get("eval/win_rate") for run in runs
+    has_win = any(
+        r.get("eval/win_rate") is not None
+        for run in runs
+        for r in [*run.evals, *((run.final or {}).get("final") or [])]
+        if isinstance(r, dict)
     )
     if has_win:
         sections["Win rate"] = [curve("eval/win_rate", "eval/win_rate")]
