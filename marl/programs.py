@@ -61,7 +61,7 @@ def _code_version() -> str:
     h = hashlib.sha256()
     for pkg in (marl, marl.envs, marl.agents):
         root = Path(pkg.__file__).parent
-        for f in sorted(root.rglob("*.py")):
+        for f in sorted([*root.rglob("*.py"), *root.rglob("*.json")]):
             h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -73,10 +73,13 @@ def _platform() -> dict[str, Any]:
     import jaxlib
 
     devices = jax.devices()
+    libraries = ("jaxmarl", "flax", "optax", "distrax", "chex")
     return {
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
-        "jaxmarl": md.version("jaxmarl"),
+        **{lib: md.version(lib) for lib in libraries},
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in devices],
         "x64": bool(jax.config.jax_enable_x64),
@@ -160,11 +163,15 @@ class ProgramCache:
             warnings.warn(f"program {name} not cached: {type(err).__name__}: {err}", stacklevel=2)
             return None
         doc = {"exported": data, "in_tree": in_tree, "out_tree": out_tree[0]}
+        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, delete=False) as f:
+                tmp = Path(f.name)
                 pickle.dump(doc, f)
-            os.replace(f.name, path)  # atomic: readers never see half a file
-        except OSError as err:
+            os.replace(tmp, path)  # atomic: readers never see half a file
+        except Exception as err:  # a full disk, a tree that does not pickle
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             warnings.warn(f"program {name} not stored: {err}", stacklevel=2)
         return Program(exported, in_tree, out_tree[0])

@@ -44,6 +44,13 @@ def _circle(draw: Any, xy: tuple[float, float], r: float, fill: Any, outline: An
     draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=outline)
 
 
+def _rgb(colour: Any) -> tuple[int, int, int]:
+    """An MPE colour as RGB: three (or four) channels, or one grey level (simple_push)."""
+    c = np.asarray(colour, dtype=np.float64).reshape(-1)
+    c = np.repeat(c, 3) if c.size == 1 else c[:3]
+    return tuple(int(v) for v in np.clip(c, 0, 255))
+
+
 def draw_mpe(raw: Any, env_state: Any, size: int = SIZE, extent: float = 2.0) -> np.ndarray:
     """One MPE frame: every entity a circle of its radius and colour, the world
     ``[-extent, extent]^2`` (JaxMARL's visualiser's view)."""
@@ -55,7 +62,7 @@ def draw_mpe(raw: Any, env_state: Any, size: int = SIZE, extent: float = 2.0) ->
     for i in reversed(range(pos.shape[0])):
         x, y = pos[i]
         centre = ((x + extent) * scale, (extent - y) * scale)
-        _circle(draw, centre, max(rad[i] * scale, 1.5), tuple(int(c) for c in raw.colour[i]))
+        _circle(draw, centre, max(rad[i] * scale, 1.5), _rgb(raw.colour[i]))
     return np.asarray(image)
 
 

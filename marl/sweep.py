@@ -221,7 +221,6 @@ def _job(cfg: Any) -> float:
     job_dir = Path(hc.runtime.output_dir)
     sweep_dir = Path(hc.sweep.dir)
     overrides = [o for o in hc.overrides.task if not _hydra_override(o)]
-    meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
     entry: dict[str, Any] = {
         "job": int(hc.job.num),
         "overrides": overrides,
@@ -231,10 +230,12 @@ def _job(cfg: Any) -> float:
     }
     slot, t0 = None, time.time()
     try:
+        meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
         n = _parallel_jobs(hc.launcher)
         if n > 1:
             slot = _Slot(sweep_dir, n)
-            cores = cpu_share(slot.index, n, _allowed_cpus())
+            # the driver's cores: a reused worker process is already pinned to a share
+            cores = cpu_share(slot.index, n, meta.get("cpus") or _allowed_cpus())
             pin_process(cores)
             entry["cpus"] = cores
         from marl.cli import enable_compile_cache
@@ -250,6 +251,7 @@ def _job(cfg: Any) -> float:
             cfg.logger.wandb.group = meta["name"]
         cfg = validate(cfg)
         if (job_dir / "config.yaml").is_file():  # a requeued job (pre-empted): resume it
+            _check_same_run(job_dir, cfg)
             cfg.resume = str(job_dir)
             entry["resumed"] = True
         enable_compile_cache()
@@ -272,6 +274,26 @@ def _job(cfg: Any) -> float:
         entry["seconds"] = round(time.time() - t0, 2)
         _append_index(sweep_dir, entry)
     return float(entry.get("objective", math.nan))
+
+
+def _check_same_run(job_dir: Path, cfg: Any) -> None:
+    """A job directory that already holds a run is resumed only if it is this job's run (a
+    requeued job); another sweep launched into the same directory must not take it over."""
+    from omegaconf import OmegaConf
+
+    from marl.config import to_dict, validate
+
+    saved = to_dict(validate(OmegaConf.load(job_dir / "config.yaml")))
+    now = to_dict(cfg)
+    for d in (saved, now):
+        d.pop("resume", None)
+        d.pop("logger", None)
+    if saved != now:
+        diff = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
+        raise ConfigError(
+            f"{job_dir} holds another run (its config differs in {', '.join(diff)}); launch "
+            "the sweep into a new directory"
+        )
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
@@ -299,6 +321,11 @@ def _sweep_dir(overrides: list[str], first_job: list[str]) -> Path:
 
     given = _value(overrides, "hydra.sweep.dir")
     if given:
+        if "${" in given:
+            raise ConfigError(
+                f"hydra.sweep.dir={given}: give a plain path (the sweep directory is created "
+                "before Hydra resolves interpolations)"
+            )
         return Path(given)
     base = compose(first_job)
     name = base.experiment if _value(overrides, "experiment") else "sweep"
@@ -320,6 +347,11 @@ def read_index(sweep_dir: Path | str) -> list[dict]:
     if final.is_file():
         return json.loads(final.read_text())["jobs"]
     rows = {r["job"]: r for r in _read_lines(sweep_dir / INDEX_FILE)}
+    swept = []
+    if (sweep_dir / SWEEP_FILE).is_file():
+        swept = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("swept", [])
+    for r in rows.values():  # a sweep still running (or whose driver was killed)
+        r.setdefault("label", sweep_label(r.get("overrides", []), swept))
     return [rows[j] for j in sorted(rows)]
 
 
@@ -449,7 +481,10 @@ def run_sweep(
             print(slurm_script(overrides, len(jobs or [1]), sweep_dir))
         return sweep_dir, 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / INDEX_JSON).unlink(missing_ok=True)  # a sweep launched again into its dir
+    # a sweep launched again into its directory: the previous launch's index is kept aside
+    (sweep_dir / INDEX_JSON).unlink(missing_ok=True)
+    if (sweep_dir / INDEX_FILE).is_file():
+        os.replace(sweep_dir / INDEX_FILE, sweep_dir / f"index-{time.strftime('%H%M%S')}.jsonl")
     meta = {
         "name": sweep_dir.name
         if sweep_dir.parent.name == "sweep"
@@ -461,6 +496,7 @@ def run_sweep(
         "sweeper": sweeper,
         "num_jobs": len(jobs) if jobs is not None else None,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": _allowed_cpus(),  # what parallel jobs split between them
     }
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=2))
     hydra_args = [o for o in overrides if not o.startswith("hydra.sweep.dir=")] + [
@@ -507,7 +543,7 @@ def _print_summary(sweep_dir: Path, rows: list[dict], swept: list[str]) -> None:
         table.add_row(
             str(r["job"]),
             " ".join(o for o in r["overrides"] if o.partition("=")[0].lstrip("+~") in swept),
-            r["status"] if r["status"] == "ok" else f"failed: {r.get('error', '')}",
+            "ok" if r.get("status") == "ok" else f"failed: {r.get('error', 'no result')}",
             "" if obj is None or (isinstance(obj, float) and math.isnan(obj)) else f"{obj:.3f}",
             str(r.get("seconds", "")),
         )

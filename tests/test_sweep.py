@@ -156,6 +156,8 @@ def test_a_bad_job_stops_the_sweep_before_anything_runs(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # no sweep directory
     assert main(["train", "--jobs", "2", "seed=1"]) == 2
     assert "use them with -m" in capsys.readouterr().err
+    assert main([*args[:-1], "seed=0,1", "hydra.sweep.dir=runs/${now:%H}"]) == 2
+    assert "give a plain path" in capsys.readouterr().err
 
 
 def test_slurm_job_script_of_a_sweep(tmp_path, capsys):
@@ -264,3 +266,20 @@ def test_a_requeued_job_resumes_its_run_directory(sweep, tmp_path, capsys):
     assert after["updates"] == before["updates"] == 16  # no update trained twice
     assert after["final"] == before["final"]  # the same last evaluation, re-run
     assert "resuming" in capsys.readouterr().err
+    # another sweep launched into the same directory never takes over its runs
+    assert main([*args, "algo.lr=0.001", f"hydra.sweep.dir={copy}"]) == 1
+    (job,) = read_index(copy)
+    assert job["status"] == "failed" and "holds another run" in job["error"]
+    assert "algo" in job["error"] and list(copy.glob("index-*.jsonl"))  # the old index kept
+    assert json.loads((copy / "0" / "final.json").read_text()) == after  # untouched
+
+
+def test_a_running_sweep_is_read_with_labels(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "swept": ["algo.lr", "seed"]}))
+    lines = [
+        {"job": 1, "overrides": ["algo.lr=0.003", "seed=1"], "run_dir": "1", "status": "ok"},
+        {"job": 0, "overrides": ["algo.lr=0.001", "seed=0"], "run_dir": "0", "status": "ok"},
+    ]
+    (tmp_path / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = read_index(tmp_path)  # no index.json yet: the driver is still running
+    assert [(r["job"], r["label"]) for r in rows] == [(0, "algo.lr=0.001"), (1, "algo.lr=0.003")]

@@ -203,6 +203,20 @@ def test_final_evaluation_video_in_the_run_and_in_wandb(run):
     assert len(media) == 1 and media[0].read_bytes() == video.read_bytes()
 
 
+def test_drawing_mpe_and_smax_states():
+    import jax
+
+    from marl import envs
+    from marl.render import draw_mpe, draw_smax
+
+    for name, draw in (("mpe/simple_push", draw_mpe), ("smax/3m", draw_smax)):
+        env = envs.make_array_env(name)  # simple_push has grey-level colours
+        state, _ = env.reset(jax.random.PRNGKey(0))
+        frame = draw(env.env, state.env_state)
+        assert frame.shape == (320, 320, 3) and frame.dtype == np.uint8
+        assert (frame != 255).any(axis=-1).sum() > 50  # the entities are drawn
+
+
 def test_render_refuses_what_it_cannot_draw(run, tmp_path, capsys):
     assert main(["render", str(run), "--out", str(tmp_path / "x.avi")]) == 2
     assert "must end in .gif or .mp4" in capsys.readouterr().err
