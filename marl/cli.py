@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from marl.errors import ConfigError, MarlError
+from marl.errors import ConfigError, MarlError, first_line
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
@@ -112,7 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Exception as err:
         if _out_of_memory(err):
             raise ConfigError(
-                f"out of memory for the training batch ({_first_line(err)}); lower num_envs "
+                f"out of memory for the training batch ({first_line(err, 160)}); lower num_envs "
                 f"(now {cfg.num_envs}), num_seeds ({cfg.num_seeds}) or algo.rollout_len "
                 f"({cfg.algo.rollout_len}), or the environment's size (env.kwargs)"
             ) from None
@@ -124,11 +124,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _out_of_memory(err: BaseException) -> bool:
     """XLA's allocation failure (``RESOURCE_EXHAUSTED``) or Python's ``MemoryError``."""
     return isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err)
-
-
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

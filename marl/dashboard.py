@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marl.errors import MarlError
+from marl.errors import MarlError, first_line
 
 DASHBOARD_FILE = "dashboard.json"
 RETURN_PANELS = ("eval/episode_return", "train/episode_return")
@@ -188,10 +188,9 @@ def cli(
         try:
             print(f"published: {board.publish()}")
         except Exception as err:  # no login, no network, unknown entity
-            line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise MarlError(
-                f"could not publish the dashboard ({line}); log in with `wandb login` and "
-                "upload the runs first with `wandb sync <run dir>/wandb/offline-run-*`"
+                f"could not publish the dashboard ({first_line(err)}); log in with `wandb "
+                "login` and upload the runs first with `wandb sync <run dir>/wandb/offline-run-*`"
             ) from None
     else:
         print(

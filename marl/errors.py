@@ -50,3 +50,10 @@ def unknown(kind: str, name: str, valid: Iterable[str]) -> UnknownNameError:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(valid) if len(valid) <= 40 else ", ".join(valid[:40]) + ", ..."
     return UnknownNameError(f"unknown {kind} {name!r}.{hint} Valid: {listing}")
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line
+    reports; cut to ``limit`` characters when given."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line if limit is None or len(line) <= limit else line[:limit] + "..."

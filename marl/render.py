@@ -5,8 +5,8 @@ evaluation of ``marl train`` renders one episode of the best parameters into
 ``<run>/videos/final.gif`` and logs it to W&B as media (``eval.video=false`` turns it off).
 
 Pure-JAX MPE and SMAX states are drawn here with Pillow (circles in the entities' own
-colours and sizes; SMAX units by team, faded with their health): about a millisecond a frame,
-where JaxMARL's matplotlib visualisers took seconds per frame for SMAX. PettingZoo runs are
+colours and sizes; SMAX units by team, faded with their health): under a millisecond a frame
+on host arrays, where JaxMARL's matplotlib visualisers took seconds per frame for SMAX. PettingZoo runs are
 drawn by the environment itself (``render_mode="rgb_array"``) through the in-process bridge.
 GIFs are written by Pillow; MP4 needs ``ffmpeg`` on the PATH.
 """

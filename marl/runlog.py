@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from marl.errors import ConfigError, MarlError
+from marl.errors import ConfigError, MarlError, first_line
 
 __all__ = ["RunLogger", "new_run_dir", "read_jsonl", "WANDB_MODES"]
 
@@ -136,11 +136,6 @@ def _name_of(value: Any) -> str | None:
 def _wandb_id() -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _artifact_name(name: str) -> str:
@@ -256,7 +251,7 @@ class RunLogger:
                         raise
                     self._warn_once(
                         "online",
-                        f"W&B online init failed ({_first_line(e)}); logging offline to "
+                        f"W&B online init failed ({first_line(e)}); logging offline to "
                         f"{self.run_dir / 'wandb'} instead (upload later with "
                         f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`)",
                     )
@@ -270,7 +265,7 @@ class RunLogger:
                     run = wandb.init(mode=mode, **kwargs)
             except Exception as e:  # W&B never stops training
                 self._warn_once(
-                    "init", f"W&B {mode} init failed ({_first_line(e)}); W&B logging disabled"
+                    "init", f"W&B {mode} init failed ({first_line(e)}); W&B logging disabled"
                 )
                 self._finish_runs()
                 self.mode = "disabled"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from marl.errors import ConfigError, MarlError
+from marl.errors import ConfigError, MarlError, first_line
 
 SWEEP_FILE = "sweep.json"
 INDEX_FILE = "index.jsonl"
@@ -49,8 +49,18 @@ REPEAT_KEYS = ("seed", "env")
 # --------------------------------------------------------------------------- expansion
 
 
+def _key(override: str) -> str:
+    """``++env.kwargs.N=3`` -> ``env.kwargs.N``."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _values(overrides: list[str]) -> dict[str, str]:
+    """``{key: value}`` of ``key=value`` overrides."""
+    return {_key(o): o.partition("=")[2] for o in overrides if "=" in o}
+
+
 def _hydra_override(o: str) -> bool:
-    key = o.partition("=")[0].lstrip("+~")
+    key = _key(o)
     return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
@@ -116,7 +126,7 @@ def _validate_jobs(jobs: list[list[str]], swept: list[str]) -> None:
         try:
             cfg = compose(job)
         except MarlError as err:
-            name = " ".join(o for o in job if o.partition("=")[0].lstrip("+~") in swept)
+            name = " ".join(o for o in job if _key(o) in swept)
             raise ConfigError(f"sweep job {name or ' '.join(job)}: {err}") from None
         if cfg.resume:
             raise ConfigError("resume= cannot be swept; resume each job's run directory")
@@ -183,13 +193,14 @@ class _Slot:
             self._fd = None
 
 
-def _parallel_jobs(launcher: Any) -> int:
-    """How many jobs the launcher runs at once on this machine (1: no pinning)."""
+def _parallel_jobs(launcher: Any, cpus: list[int]) -> int:
+    """How many jobs the launcher runs at once on ``cpus`` (1: no pinning); joblib's
+    ``n_jobs=-1`` is one per core."""
     target = str(launcher.get("_target_", "")) if launcher is not None else ""
     if "joblib" not in target.lower():
         return 1
     n = int(launcher.get("n_jobs") or 1)
-    return len(_allowed_cpus()) or 1 if n < 0 else n
+    return max(len(cpus), 1) if n < 0 else n
 
 
 # ---------------------------------------------------------------------------------- jobs
@@ -231,18 +242,19 @@ def _job(cfg: Any) -> float:
     slot, t0 = None, time.time()
     try:
         meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
-        n = _parallel_jobs(hc.launcher)
+        # the driver's cores: a reused worker process is already pinned to a share
+        cpus = meta.get("cpus") or _allowed_cpus()
+        n = _parallel_jobs(hc.launcher, cpus)
         if n > 1:
             slot = _Slot(sweep_dir, n)
-            # the driver's cores: a reused worker process is already pinned to a share
-            cores = cpu_share(slot.index, n, meta.get("cpus") or _allowed_cpus())
+            cores = cpu_share(slot.index, n, cpus)
             pin_process(cores)
             entry["cpus"] = cores
         from marl.cli import enable_compile_cache
         from marl.config import validate
 
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-        values = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+        values = _values(overrides)
         tags = [f"sweep={meta['name']}"] + [
             f"{k}={values[k]}"[:64] for k in meta["swept"] if k in values
         ]
@@ -264,7 +276,7 @@ def _job(cfg: Any) -> float:
         if isinstance(err, KeyboardInterrupt):
             raise
         entry["status"] = "failed"
-        entry["error"] = f"{type(err).__name__}: {_first_line(err)}"
+        entry["error"] = f"{type(err).__name__}: {first_line(err, 300)}"
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "error.txt").write_text(traceback.format_exc())
         print(f"sweep job {entry['job']} failed: {entry['error']}", file=sys.stderr)
@@ -296,24 +308,15 @@ def _check_same_run(job_dir: Path, cfg: Any) -> None:
         )
 
 
-def _first_line(err: BaseException, limit: int = 300) -> str:
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line if len(line) <= limit else line[:limit] + "..."
-
-
 # -------------------------------------------------------------------------------- sweeps
 
 
 def _has(overrides: list[str], key: str) -> bool:
-    return any(o.partition("=")[0].lstrip("+~") == key for o in overrides)
+    return any(_key(o) == key for o in overrides)
 
 
 def _value(overrides: list[str], key: str) -> str | None:
-    for o in overrides:
-        k, sep, v = o.partition("=")
-        if sep and k.lstrip("+~") == key:
-            return v
-    return None
+    return _values(overrides).get(key)
 
 
 def _sweep_dir(overrides: list[str], first_job: list[str]) -> Path:
@@ -374,7 +377,7 @@ def is_sweep(path: Path | str) -> bool:
 def sweep_label(overrides: list[str], swept: list[str]) -> str:
     """The group of a job in ``marl compare``: its swept values, the seed and the
     environment excepted (``all`` when nothing else is swept)."""
-    values = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    values = _values(overrides)
     parts = [f"{k}={values[k]}" for k in swept if k in values and k not in REPEAT_KEYS]
     return " ".join(parts) or "all"
 
@@ -485,10 +488,10 @@ def run_sweep(
     (sweep_dir / INDEX_JSON).unlink(missing_ok=True)
     if (sweep_dir / INDEX_FILE).is_file():
         os.replace(sweep_dir / INDEX_FILE, sweep_dir / f"index-{time.strftime('%H%M%S')}.jsonl")
+    # the W&B group: sweep-<time>, or <experiment>-sweep-<time>
+    prefix = "" if sweep_dir.parent.name == "sweep" else f"{sweep_dir.parent.name}-"
     meta = {
-        "name": sweep_dir.name
-        if sweep_dir.parent.name == "sweep"
-        else (f"{sweep_dir.parent.name}-{sweep_dir.name}"),
+        "name": prefix + sweep_dir.name,
         "command": "marl train -m " + " ".join(overrides),
         "overrides": overrides,
         "swept": swept,
@@ -542,7 +545,7 @@ def _print_summary(sweep_dir: Path, rows: list[dict], swept: list[str]) -> None:
         obj = r.get("objective")
         table.add_row(
             str(r["job"]),
-            " ".join(o for o in r["overrides"] if o.partition("=")[0].lstrip("+~") in swept),
+            " ".join(o for o in r["overrides"] if _key(o) in swept),
             "ok" if r.get("status") == "ok" else f"failed: {r.get('error', 'no result')}",
             "" if obj is None or (isinstance(obj, float) and math.isnan(obj)) else f"{obj:.3f}",
             str(r.get("seconds", "")),

@@ -203,8 +203,10 @@ def test_parallel_slots_and_core_shares(tmp_path):
     c = _Slot(tmp_path, 2)
     assert c.index == a.index
     b.release(), c.release()
-    assert _parallel_jobs({"_target_": "hydra_plugins.hydra_joblib_launcher.X", "n_jobs": 3}) == 3
-    assert _parallel_jobs({"_target_": "hydra._internal.BasicLauncher"}) == 1
+    joblib = "hydra_plugins.hydra_joblib_launcher.X"
+    assert _parallel_jobs({"_target_": joblib, "n_jobs": 3}, [0, 1]) == 3
+    assert _parallel_jobs({"_target_": joblib, "n_jobs": -1}, [0, 1, 2, 3]) == 4
+    assert _parallel_jobs({"_target_": "hydra._internal.BasicLauncher"}, [0, 1]) == 1
     before = os.sched_getaffinity(0)
     one = [min(before)]
     try:
