@@ -7,10 +7,10 @@ from typing import Any
 from marl.envs.core import EnvSpec
 from marl.errors import unknown
 
-# Algorithms built on the actor-critic PPO policy; MRA and AMI add theirs.
+# Algorithms built on the actor-critic PPO policy; AMI adds its own.
 ACTOR_CRITIC = ("ippo", "mappo", "ippo_rnn", "mappo_rnn")
 TRANSFORMER = ("mat", "commformer")  # marl.agents.mat.MATPolicy, graph from algo.graph
-ALGORITHMS = ACTOR_CRITIC + TRANSFORMER
+ALGORITHMS = ACTOR_CRITIC + TRANSFORMER + ("mra",)
 
 
 def make_policy(algo: Any, spec: EnvSpec, total_updates: int):
@@ -19,6 +19,8 @@ def make_policy(algo: Any, spec: EnvSpec, total_updates: int):
         raise unknown("algorithm", algo.name, ALGORITHMS)
     if algo.name in TRANSFORMER:
         return _transformer(algo, spec, total_updates)
+    if algo.name == "mra":
+        return _mra(algo, spec, total_updates)
     from marl.agents.actor_critic import ActorCriticPolicy, NetworkConfig
 
     net = algo.network
@@ -64,4 +66,29 @@ def _transformer(algo: Any, spec: EnvSpec, total_updates: int):
         total_updates=total_updates,
         update_epochs=int(algo.update_epochs),
         num_minibatches=int(algo.num_minibatches),
+    )
+
+
+def _mra(algo: Any, spec: EnvSpec, total_updates: int):
+    from marl.agents.mra import LatentConfig, MRAPolicy
+
+    net, lat = algo.network, algo.latent
+    return MRAPolicy(
+        spec,
+        latent=LatentConfig(
+            int(lat.num),
+            float(lat.tau),
+            float(lat.mi_coef),
+            int(lat.mi_samples),
+            float(lat.classifier_coef),
+            float(lat.mi_fraction),
+        ),
+        dim=int(net.embed_dim),
+        hidden=tuple(net.hidden),
+        activation=str(net.activation),
+        lr=float(algo.lr),
+        max_grad_norm=float(algo.max_grad_norm),
+        anneal_lr=bool(algo.anneal_lr),
+        total_updates=total_updates,
+        updates_per_step=int(algo.update_epochs) * int(algo.num_minibatches),
     )

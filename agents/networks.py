@@ -109,3 +109,20 @@ class Critic(nn.Module):
     def __call__(self, hidden, x, first):
         hidden, h = self.torso(hidden, x, first)
         return hidden, _dense(1, 1.0)(h)[..., 0]
+
+
+class MLP(nn.Module):
+    """Dense layers with the activation, then a linear output of ``out`` features
+    (orthogonal initialisation with ``out_scale``, small for policy logits)."""
+
+    hidden: Sequence[int]
+    out: int
+    activation: str = "tanh"
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        act = _ACT[self.activation]
+        for n in self.hidden:
+            x = act(_dense(n)(x))
+        return _dense(self.out, self.out_scale)(x)

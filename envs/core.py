@@ -33,6 +33,7 @@ front: ``[time, env, agent, ...]``. Actions are ``int32 [.., A]`` (discrete) or
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -58,6 +59,42 @@ class TimeStep(NamedTuple):
 
 
 @dataclass(frozen=True)
+class EntityLayout:
+    """How an observation splits into entities, for size-agnostic policies (MRA).
+
+    Every agent's observation is ``[self | descriptor | entities | entity mask]``: its own
+    features (``self_dim``), the game descriptor (``descriptor_dim``: e.g. the agent count
+    over the padded maximum, the same for every agent of a copy), ``max_entities`` slots of
+    ``entity_dim`` features each (other agents, landmarks; absent slots are zero) and one
+    presence flag per slot. ``descriptors`` lists the descriptors of the games the
+    environment plays, in its game order.
+    """
+
+    self_dim: int
+    descriptor_dim: int
+    entity_dim: int
+    max_entities: int
+    descriptors: tuple[tuple[float, ...], ...] = ()
+
+    @property
+    def obs_dim(self) -> int:
+        return self.self_dim + self.descriptor_dim + self.max_entities * (self.entity_dim + 1)
+
+    def split(self, obs: Any) -> tuple[Any, Any, Any, Any]:
+        """``obs [..., obs_dim]`` -> ``(self [..., ds], descriptor [..., dd], entities
+        [..., M, de], mask [..., M] bool)`` (jax or numpy arrays)."""
+        a = self.self_dim
+        b = a + self.descriptor_dim
+        c = b + self.max_entities * self.entity_dim
+        ents = obs[..., b:c].reshape(*obs.shape[:-1], self.max_entities, self.entity_dim)
+        return obs[..., :a], obs[..., a:b], ents, obs[..., c:] > 0.5
+
+    def shapes(self) -> tuple[int, int, int]:
+        """What a size-agnostic policy's parameters depend on."""
+        return self.self_dim, self.descriptor_dim, self.entity_dim
+
+
+@dataclass(frozen=True)
 class EnvSpec:
     """Static description of an environment's array view.
 
@@ -78,6 +115,9 @@ class EnvSpec:
         action_low: per-agent lower bounds ``[A, nA]`` (continuous only).
         action_high: per-agent upper bounds ``[A, nA]`` (continuous only).
         agent_classes: groups of agents (e.g. adversaries / good agents), by name.
+        entities: the entity layout of the observation, where it has one (population
+            environments, :mod:`marl.envs.population`).
+        games: the names of the games a population environment plays (in its game order).
     """
 
     name: str
@@ -94,6 +134,8 @@ class EnvSpec:
     action_low: tuple[tuple[float, ...], ...] | None = None
     action_high: tuple[tuple[float, ...], ...] | None = None
     agent_classes: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    entities: EntityLayout | None = None
+    games: tuple[str, ...] = ()
 
     @property
     def num_agents(self) -> int:
@@ -150,4 +192,8 @@ class EnvSpec:
             "max_steps": self.max_steps,
             "has_win": self.has_win,
             "turn_based": self.turn_based,
+            **({"games": list(self.games)} if self.games else {}),
+            **(
+                {"entities": dataclasses.asdict(self.entities)} if self.entities is not None else {}
+            ),
         }

@@ -34,6 +34,8 @@ class EnvEntry:
         win: ``win(env, terminal_state) -> bool array`` where the environment has a win.
         alive: ``alive(env, state) -> [A] bool`` where agents can be dead in a state that
             starts an episode (used by :meth:`JaxArrayEnv.restart_from`).
+        array_build: ``array_build(agent_id=..., **kwargs)`` for entries that are array
+            environments themselves rather than one ``MultiAgentEnv`` (``population/*``).
     """
 
     name: str
@@ -43,6 +45,7 @@ class EnvEntry:
     variants: tuple[dict[str, Any], ...] = ()
     win: Callable[[Any, Any], Any] | None = None
     alive: Callable[[Any, Any], Any] | None = None
+    array_build: Callable[..., Any] | None = None
 
 
 class LazyKwargs(Mapping):
@@ -131,6 +134,8 @@ def make(name: str, **kwargs: Any) -> Any:
     e = entry(name)
     _check_kwargs(e, kwargs)
     _check_variants(e, kwargs)
+    if e.array_build is not None:
+        raise ConfigError(f"{name} plays several games at once: build it with make_array_env")
     try:
         env = e.build(**kwargs)
     except (AssertionError, ValueError, TypeError, KeyError) as err:
@@ -144,6 +149,12 @@ def make_array_env(name: str, *, agent_id: bool = True, **kwargs: Any):
     from marl.envs.jax_env import JaxArrayEnv
 
     e = entry(name)
+    if e.array_build is not None:
+        _check_kwargs(e, kwargs)
+        try:
+            return e.array_build(agent_id=agent_id, **kwargs)
+        except (AssertionError, ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from err
     return JaxArrayEnv(make(name, **kwargs), agent_id=agent_id, win=e.win, alive=e.alive, name=name)
 
 
@@ -383,6 +394,51 @@ def _tiny_hanabi() -> None:
         )
 
 
+def _population(family: str):
+    def build(*, agent_id: bool = False, **kw: Any):
+        from marl.envs.population import PopulationEnv  # imports JAX: only when built
+
+        return PopulationEnv(family, agent_id=agent_id, **kw)
+
+    return build
+
+
+def _occupy() -> None:
+    def build(N: int = 4, **kw: Any):
+        from marl.envs.occupy import ResourceOccupation
+
+        return ResourceOccupation(num_agents=N, **kw)
+
+    occupy_kwargs = {"N": 4, "max_steps": 25, "min_size": 0.1, "max_size": 0.3, "shaping": 0.1}
+    register(
+        EnvEntry(
+            "occupy",
+            build,
+            "N agents hold N resources of different sizes; occupants share a resource's value",
+            occupy_kwargs,
+            tuple({"N": n} for n in range(2, 13)),
+        )
+    )
+
+    def refuse(**kw: Any):
+        raise ConfigError("population environments are array environments")
+
+    occupy_extra = {k: v for k, v in occupy_kwargs.items() if k not in ("N", "max_steps")}
+    for family, base, extra in (
+        ("spread", "mpe/simple_spread", {}),
+        ("occupy", "occupy", occupy_extra),
+    ):
+        register(
+            EnvEntry(
+                f"population/{family}",
+                refuse,
+                f"{base} with several agent counts at once, in one padded entity layout",
+                {"agents": [3, 4, 5], "max_agents": None, "max_steps": 25, **extra},
+                array_build=_population(family),
+            )
+        )
+
+
 def _register_builtins() -> None:
     spread_variants = tuple({"N": n} for n in range(2, 9))
     _mpe("simple", "MPE_simple_v3", "one agent reaches a landmark")
@@ -430,6 +486,7 @@ def _register_builtins() -> None:
     ):
         _smax(m, f"SMAX {d}, heuristic enemy")
     _smax_marines()
+    _occupy()
     _hanabi()
     _tiny_hanabi()
 

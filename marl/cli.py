@@ -25,7 +25,8 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         e = envs.entry(name)
-        spec = envs.make_array_env(name).spec
+        # population environments have no fixed agent ids (envs/population.py)
+        spec = envs.make_array_env(name, agent_id=e.array_build is None).spec
         rows.append((e, spec))
     if args.json:
         out = [
@@ -128,14 +129,16 @@ def _out_of_memory(err: BaseException) -> bool:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     enable_compile_cache()
-    from marl.evaluate import evaluate_run
+    from marl.evaluate import evaluate_run, split_adapt
 
+    overrides, adapt = split_adapt(args.overrides)
     result = evaluate_run(
         args.run_dir,
         episodes=args.episodes,
         greedy=args.greedy,
-        env_overrides=args.overrides,
+        env_overrides=overrides,
         step=args.step,
+        adapt=adapt or None,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -246,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides",
         nargs="*",
-        help="env overrides, e.g. env=pz/mpe2_simple_spread env.workers=sync",
+        help="env overrides, e.g. env=pz/mpe2_simple_spread env.workers=sync; with a latent "
+        "policy (algo=mra) also adapt_steps=N adapt_episodes=N adapt_lr=X adapt=pg|select",
     )
     p.add_argument("--episodes", type=int, default=None, help="default: eval.episodes")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")

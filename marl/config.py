@@ -59,6 +59,18 @@ class GraphSchema:
 
 
 @dataclass
+class LatentSchema:
+    """MRA's per-agent latent (``marl.agents.mra.LatentConfig``)."""
+
+    num: int = 6  # latents = relation heads; 1 is the unimodal ablation
+    tau: float = 1.0  # Gumbel-softmax temperature (straight-through gradient)
+    mi_coef: float = 0.05  # weight of the contrastive I(A; Z | O) term
+    mi_samples: int = 5  # K latents resampled from the prior in that estimate
+    classifier_coef: float = 0.1  # weight of the game classifier's cross-entropy
+    mi_fraction: float = 0.25  # share of each minibatch's env copies in the MI estimate
+
+
+@dataclass
 class AlgoConfig(PPOConfig):
     """The PPO hyperparameters (:class:`marl.ppo.PPOConfig`) and the policy's."""
 
@@ -75,6 +87,7 @@ class AlgoConfig(PPOConfig):
     gating: bool = False  # CommFormer's temporal receive gate
     gate_penalty: float = 0.0  # lambda * mean(gate) added to the loss
     gate_threshold: float = 0.5
+    latent: LatentSchema = field(default_factory=LatentSchema)  # MRA
 
 
 @dataclass
@@ -310,6 +323,8 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
         "algo.network.num_blocks",
         "algo.network.num_heads",
         "algo.graph.period",
+        "algo.latent.num",
+        "algo.latent.mi_samples",
     )
     for k in positive:
         if OmegaConf.select(merged, k) < 1:
@@ -319,6 +334,12 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
         raise ConfigError(
             f"algo.network.embed_dim={net.embed_dim} must be a multiple of "
             f"algo.network.num_heads={net.num_heads}"
+        )
+    if merged.algo.latent.tau <= 0:
+        raise ConfigError(f"algo.latent.tau must be > 0, got {merged.algo.latent.tau}")
+    if not 0.0 < merged.algo.latent.mi_fraction <= 1.0:
+        raise ConfigError(
+            f"algo.latent.mi_fraction must be in (0, 1], got {merged.algo.latent.mi_fraction}"
         )
     if not 0.0 <= merged.algo.graph.sparsity <= 1.0:
         raise ConfigError(

@@ -42,6 +42,9 @@ class Transition(NamedTuple):
     value: jax.Array  # [T, E, A] critic output (normalised when value_norm)
     reward: jax.Array  # [T, E, A]
     done: jax.Array  # [T, E] the episode ended with this step
+    # the hidden state `act` returned at each step, kept for policies with `step_hidden`
+    # (MRA's per-episode latent); None otherwise
+    hidden: Any = None
 
 
 class ValueNorm(NamedTuple):
@@ -172,6 +175,8 @@ def ppo_loss(
     present (``alive``), plus the policy's auxiliary loss if it returns one. ``target`` and
     ``old_value`` are in the critic's (normalised) units."""
     mask = batch.inp.alive.astype(jnp.float32)
+    if batch.hidden is not None:  # a `step_hidden` policy: every step's own hidden state
+        hidden = batch.hidden
     out = policy.evaluate(params, hidden, batch.inp, batch.action, ctx)
     logp, entropy, value = out[:3]
     extras = dict(out[3]) if len(out) > 3 else {}
@@ -221,7 +226,8 @@ def ppo_update(
 
     ``hidden0`` is the recurrent state at the rollout's start (recurrent policies replay whole
     sequences, so minibatches split environment copies); feed-forward policies shuffle
-    individual steps.
+    individual steps. A policy with ``step_hidden = True`` (a latent drawn once per episode)
+    gets each step's own hidden state, ``traj.hidden``, in :meth:`Policy.evaluate`.
     """
     # Bootstrap value of the observation after the last step.
     ctx = TrainContext(key, jnp.asarray(state.update, jnp.int32))

@@ -6,9 +6,9 @@ evaluation of ``marl train`` renders one episode of the best parameters into
 
 Pure-JAX MPE and SMAX states are drawn here with Pillow (circles in the entities' own
 colours and sizes; SMAX units by team, faded with their health): under a millisecond a frame
-on host arrays, where JaxMARL's matplotlib visualisers took seconds per frame for SMAX. PettingZoo runs are
-drawn by the environment itself (``render_mode="rgb_array"``) through the in-process bridge.
-GIFs are written by Pillow; MP4 needs ``ffmpeg`` on the PATH.
+on host arrays, where JaxMARL's matplotlib visualisers took seconds per frame for SMAX.
+PettingZoo runs are drawn by the environment itself (``render_mode="rgb_array"``) through the
+in-process bridge. GIFs are written by Pillow; MP4 needs ``ffmpeg`` on the PATH.
 """
 
 from __future__ import annotations

@@ -59,6 +59,18 @@ def episode_sums(ts: TimeStep, has_win: bool, axis=None) -> dict[str, Any]:
     return out
 
 
+def game_sums(ts: TimeStep, game_ids: np.ndarray, names: tuple[str, ...], has_win: bool):
+    """:func:`episode_sums` per game of a population environment (``game_ids [E]``, copies on
+    the second-to-last batch axis of ``ts [..., E]``), keyed ``game/<name>/<sum>``."""
+    out = {}
+    for g, name in enumerate(names):
+        m = jnp.asarray(game_ids == g, jnp.float32)
+        sub = ts._replace(episode_done=ts.episode_done * m)
+        for k, v in episode_sums(sub, has_win).items():
+            out[f"game/{name}/{k}"] = v
+    return out
+
+
 def make_update(policy: Policy, cfg: PPOConfig, optimizer):
     """``update(train, traj, hidden0, last_inp, last_hidden, key) -> (train, metrics)``."""
 
@@ -73,6 +85,8 @@ def make_jax_update(env, policy: Policy, cfg: PPOConfig, optimizer, rollout_len:
     metrics)``; scan it for several updates, vmap it over seeds."""
     update = make_update(policy, cfg, optimizer)
     has_win = env.spec.has_win
+    step_hidden = getattr(policy, "step_hidden", False)
+    games = env.spec.games
 
     def step(carry, key):
         params, n_update, env_state, ts, hidden, first = carry
@@ -88,8 +102,12 @@ def make_jax_update(env, policy: Policy, cfg: PPOConfig, optimizer, rollout_len:
             value[0],
             ts_next.reward,
             ts_next.episode_done,
+            hidden if step_hidden else None,
         )
         stats = episode_sums(ts_next, has_win)
+        if games:
+            ids = env.game_ids(ts_next.episode_done.shape[0])
+            stats.update(game_sums(ts_next, ids, games, has_win))
         return (params, n_update, env_state, ts_next, hidden, ts_next.episode_done), (tr, stats)
 
     def run(runner: Runner) -> tuple[Runner, dict[str, jax.Array]]:
@@ -115,9 +133,18 @@ def make_jax_update(env, policy: Policy, cfg: PPOConfig, optimizer, rollout_len:
     return run
 
 
-def make_jax_eval(env, policy: Policy, num_episodes: int, max_steps: int, greedy: bool):
-    """``evaluate(params, key) -> (returns [N], lengths [N], won [N])`` over the first
-    episode of ``num_episodes`` parallel copies (mean-over-agents undiscounted return)."""
+def make_jax_eval(
+    env,
+    policy: Policy,
+    num_episodes: int,
+    max_steps: int,
+    greedy: bool,
+    with_hidden: bool = False,
+):
+    """``evaluate(params, key) -> (returns [N], lengths [N], won [N], finished [N])`` over
+    the first episode of ``num_episodes`` parallel copies (mean-over-agents undiscounted
+    return); ``with_hidden`` adds the hidden state after the first step (a latent the policy
+    drew for the episode, as MRA's adaptation needs)."""
     steps = env.spec.max_steps or max_steps
 
     def evaluate(params, key):
@@ -150,9 +177,13 @@ def make_jax_eval(env, policy: Policy, num_episodes: int, max_steps: int, greedy
                 won,
             ), None
 
-        (_, _, _, _, finished, ret, length, won), _ = jax.lax.scan(
-            step, init, jax.random.split(k_run, steps)
-        )
+        keys = jax.random.split(k_run, steps)
+        if with_hidden:
+            carry, _ = step(init, keys[0])
+            hidden0 = carry[2]
+            (_, _, _, _, finished, ret, length, won), _ = jax.lax.scan(step, carry, keys[1:])
+            return ret, length, won, finished, hidden0
+        (_, _, _, _, finished, ret, length, won), _ = jax.lax.scan(step, init, keys)
         return ret, length, won, finished
 
     return evaluate
@@ -165,6 +196,7 @@ class HostRollout:
     def __init__(self, venv, policy: Policy, num_seeds: int, num_envs: int):
         self.venv, self.policy = venv, policy
         self.S, self.E = num_seeds, num_envs
+        self._step_hidden = getattr(policy, "step_hidden", False)
 
         def act(params, hidden, inp: PolicyInput, key, greedy: bool, update=None):
             # acting and dropping the time axis in one compiled call: the host loop pays one
@@ -198,7 +230,8 @@ class HostRollout:
             hidden, action, logp, value = self._act_train(params, hidden, inp, keys[t], update)
             action, logp, value = jax.device_get((action, logp, value))
             nxt = self.split(self.venv.step(action.reshape(self.S * self.E, *action.shape[2:])))
-            trs.append(Transition(inp, action, logp, value, nxt.reward, nxt.episode_done))
+            h = jax.device_get(hidden) if self._step_hidden else None
+            trs.append(Transition(inp, action, logp, value, nxt.reward, nxt.episode_done, h))
             sums.append(nxt)
             ts, first = nxt, nxt.episode_done
         traj = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *trs)  # [S, T, E, ...]

@@ -295,6 +295,14 @@ class Trainer:
             return ret, length, won
         return self.host.evaluate(params, key, episodes, greedy, self.eval_steps)
 
+    def games(self, ret: np.ndarray) -> dict[str, np.ndarray]:
+        """Episode indices of each game for evaluation results ``ret [S, episodes]`` of a
+        population environment (empty otherwise)."""
+        if not self.spec.games or self.kind != "jax":
+            return {}
+        ids = self.env.game_ids(ret.shape[1])
+        return {name: np.flatnonzero(ids == g) for g, name in enumerate(self.spec.games)}
+
     def summaries(self, params) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Per-seed ``(scalars [S], matrices [S, H, W])`` of the policy's ``summaries`` (a
         learned communication graph and its density); empty for policies without one."""
@@ -368,7 +376,13 @@ def train_rows(
                 row["train/win_rate"] = float(metrics["won_sum"][s, i]) / eps if eps else None
             row["train/episodes"] = eps
             for k, v in metrics.items():
-                if "/" in k:
+                if k.startswith("game/"):  # per game of a population environment
+                    _, game, what = k.split("/")
+                    if what == "episodes":
+                        n_g = float(v[s, i])
+                        r_g = float(metrics[f"game/{game}/return_sum"][s, i])
+                        row[f"train/{game}/episode_return"] = r_g / n_g if n_g else None
+                elif "/" in k:
                     row[k] = float(v[s, i])
             row["perf/sps"] = sps
             row["perf/elapsed_s"] = elapsed  # wall time since the run (or resume) started
@@ -387,7 +401,11 @@ def check_finite(metrics: dict[str, np.ndarray], start: int) -> None:
         )
 
 
-def eval_rows(ret, length, won, update: int, env_steps: int, has_win: bool):
+def eval_rows(
+    ret, length, won, update: int, env_steps: int, has_win: bool, games: dict | None = None
+):
+    """Per-seed evaluation rows of ``[S, episodes]`` arrays; ``games`` (name -> episode
+    indices, for population environments) adds ``eval/<game>/episode_return``."""
     rows = []
     for s in range(ret.shape[0]):
         row = {
@@ -400,6 +418,8 @@ def eval_rows(ret, length, won, update: int, env_steps: int, has_win: bool):
             "eval/win_rate": float(np.mean(won[s])) if has_win else None,
             "episodes": int(ret.shape[1]),
         }
+        for name, idx in (games or {}).items():
+            row[f"eval/{name}/episode_return"] = float(np.mean(ret[s, idx]))
         rows.append(row)
     return rows
 
@@ -534,7 +554,9 @@ def train(
                     # evaluation stepped the same worker copies: restart them, seeded by the
                     # update, as a resumed run does
                     runner = trainer.restart_host_envs(runner, update)
-                erows = eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
+                erows = eval_rows(
+                    ret, length, won, update, env_steps, trainer.spec.has_win, trainer.games(ret)
+                )
                 scalars, matrices = trainer.summaries(runner.train.params)
                 for s, row in enumerate(erows):
                     row.update({k: float(v[s]) for k, v in scalars.items()})
@@ -582,7 +604,9 @@ def train(
         a_ret, _, a_won = trainer.evaluate(
             best["params"], jax.random.fold_in(trainer.eval_key, 10**6), n_abs
         )
-        final_eval = eval_rows(ret, length, won, update, env_steps, trainer.spec.has_win)
+        final_eval = eval_rows(
+            ret, length, won, update, env_steps, trainer.spec.has_win, trainer.games(ret)
+        )
         final = {
             "absolute": [
                 {
@@ -591,6 +615,10 @@ def train(
                     "eval/episode_return_std": float(a_ret[s].std()),
                     "eval/win_rate": float(a_won[s].mean()) if trainer.spec.has_win else None,
                     "episodes": n_abs,
+                    **{
+                        f"eval/{g}/episode_return": float(a_ret[s, idx].mean())
+                        for g, idx in trainer.games(a_ret).items()
+                    },
                 }
                 for s in range(trainer.S)
             ],
