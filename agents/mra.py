@@ -44,7 +44,7 @@ import optax
 from marl.agents.actor_critic import action_dist
 from marl.agents.networks import _ACT, MLP, _dense
 from marl.envs.core import EnvSpec
-from marl.errors import ConfigError
+from marl.errors import ConfigError, MarlError
 from marl.policy import PolicyInput
 from marl.ppo import _masked_mean
 
@@ -219,7 +219,10 @@ class MRAPolicy:
         lz = self.prior_logits(params, desc)
         y = jax.nn.softmax((lz + noise) / self.latent.tau)
         z_st = z + y - jax.lax.stop_gradient(y)  # forward: the acted z; backward: the soft one
-        logits, value, x_sel = self._heads(params, rel, z_st)
+        # the straight-through latent feeds the policy and the classifier; the critic reads
+        # the hard one, so value fitting does not move the prior
+        logits, _, x_sel = self._heads(params, rel, z_st)
+        _, value, _ = self._heads(params, rel, z)
         dist = action_dist(logits, inp.avail_actions, True)
         logp, entropy = dist.log_prob(actions), dist.entropy()
         mask = inp.alive.astype(jnp.float32)
@@ -334,7 +337,9 @@ class MRAPolicy:
             for z in range(self.Z):
                 t = np.full_like(table, -1e3)
                 t[..., z] = 0.0
-                ret = np.asarray(run(with_table(t), jax.random.fold_in(key, z))[0])
+                out = run(with_table(t), key)  # the same episodes for every latent
+                _check_finished(out[3], max_steps)
+                ret = np.asarray(out[0])
                 scores.append(per_game(ret))
                 history.append({"latent": z, "return": per_game(ret).mean(0).tolist()})
             best = np.argmax(np.stack(scores, -1), -1)  # [S, G]
@@ -342,6 +347,7 @@ class MRAPolicy:
             return with_table(table), history
         for step in range(steps):
             out = run(with_table(table), jax.random.fold_in(key, step))
+            _check_finished(out[3], max_steps)
             ret, z = np.asarray(out[0]), np.asarray(out[4][0])  # [S, n], [S, n, A, Z]
             history.append({"step": step, "return": per_game(ret).mean(0).tolist()})
             p = np.exp(table - table.max(-1, keepdims=True))
@@ -355,3 +361,10 @@ class MRAPolicy:
                 grad = (adv[..., None, None] * score).sum((1, 2)) / max(1, int(sel.sum()))
                 table[:, g] += lr * grad
         return with_table(table), history
+
+
+def _check_finished(finished: Any, max_steps: int) -> None:
+    if not np.asarray(finished).all():
+        raise MarlError(
+            f"adaptation episodes did not end within {max_steps} steps; raise eval.max_steps"
+        )

@@ -64,10 +64,10 @@ class EntityLayout:
 
     Every agent's observation is ``[self | descriptor | entities | entity mask]``: its own
     features (``self_dim``), the game descriptor (``descriptor_dim``: e.g. the agent count
-    over the padded maximum, the same for every agent of a copy), ``max_entities`` slots of
-    ``entity_dim`` features each (other agents, landmarks; absent slots are zero) and one
-    presence flag per slot. ``descriptors`` lists the descriptors of the games the
-    environment plays, in its game order.
+    over 10 in the population environments, the same for every agent of a copy),
+    ``max_entities`` slots of ``entity_dim`` features each (other agents, landmarks; absent
+    slots are zero) and one presence flag per slot. ``descriptors`` lists the descriptors of
+    the games the environment plays, in its game order.
     """
 
     self_dim: int

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from marl.config import compose, validate
-from marl.errors import ConfigError
+from marl.errors import ConfigError, MarlError
 
 
 def _restore_params(trainer, run_dir: Path, step: int | None):
@@ -113,7 +113,12 @@ def evaluate_run(
     cfg = validate(OmegaConf.load(run_dir / "config.yaml"))
     trained_spec_cfg = cfg.copy()
     if env_overrides:
-        bad = [o for o in env_overrides if not o.split("=", 1)[0].lstrip("+").startswith("env")]
+
+        def is_env(o: str) -> bool:
+            key = o.split("=", 1)[0].lstrip("+")
+            return key == "env" or key.startswith("env.")
+
+        bad = [o for o in env_overrides if not is_env(o)]
         if bad:
             raise ConfigError(
                 f"marl evaluate takes env overrides only (env=..., env.*=...), got {bad[0]!r}"
@@ -127,8 +132,6 @@ def evaluate_run(
                 raise ConfigError(f"bad env override: {err}") from None
             merged = OmegaConf.merge(OmegaConf.create({"env": cfg.env}), changes)
             env_cfg = validate(OmegaConf.merge(cfg, {"env": merged.env})).env
-            if "kwargs" in changes.env:  # lists (agent counts) replace, not merge
-                env_cfg.kwargs = OmegaConf.merge(cfg.env.kwargs, changes.env.kwargs)
         if not any(o.startswith("env.agent_id=") for o in env_overrides):
             env_cfg.agent_id = cfg.env.agent_id  # the policy's input layout
         cfg.env = env_cfg
@@ -142,6 +145,12 @@ def evaluate_run(
         target = Trainer(cfg, run_dir)
         target.programs = None  # traced with the trained parameters' own shapes
         a, b = src.spec, target.spec
+        if not _same_shapes(src, target) and getattr(src.policy, "size_agnostic", False):
+            raise ConfigError(
+                f"{b.name} does not match the trained policy's inputs: entity features "
+                f"(self, descriptor, entity) / actions {a.entities and a.entities.shapes()}/"
+                f"{a.num_actions} vs {b.entities and b.entities.shapes()}/{b.num_actions}"
+            )
         if not _same_shapes(src, target):
             raise ConfigError(
                 f"{b.name} does not match the trained policy's shapes: agents/obs/actions "
@@ -151,6 +160,15 @@ def evaluate_run(
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 424242)
     greedy = cfg.eval.greedy if greedy is None else greedy
+    games = len(target.spec.games)
+    for name, n in (
+        ("episodes", episodes),
+        ("adapt_episodes", (adapt or {}).get("adapt_episodes")),
+    ):
+        if n is not None and n < games:
+            raise ConfigError(
+                f"{name}={n}: {target.spec.name} plays {games} games, one each at least"
+            )
     ret, length, won = target.evaluate(params, key, episodes, greedy)
     adapted = _adapt(target, params, key, episodes, greedy, adapt) if adapt else None
     result = {
@@ -212,7 +230,12 @@ def _adapt(target, params, key, episodes: int, greedy: bool, opts: dict[str, Any
         max_steps=target.eval_steps,
     )
     ev = make_jax_eval(target.env, target.policy, episodes, target.eval_steps, greedy)
-    ret, length, won, _ = jax.device_get(jax.jit(jax.vmap(ev, in_axes=(0, None)))(new, key))
+    ret, length, won, finished = jax.device_get(jax.jit(jax.vmap(ev, in_axes=(0, None)))(new, key))
+    if not finished.all():
+        raise MarlError(
+            f"evaluation episodes did not end within {target.eval_steps} steps; "
+            "raise eval.max_steps"
+        )
     return {
         "method": opts.get("adapt", "pg"),
         "steps": steps,

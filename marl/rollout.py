@@ -61,7 +61,7 @@ def episode_sums(ts: TimeStep, has_win: bool, axis=None) -> dict[str, Any]:
 
 def game_sums(ts: TimeStep, game_ids: np.ndarray, names: tuple[str, ...], has_win: bool):
     """:func:`episode_sums` per game of a population environment (``game_ids [E]``, copies on
-    the second-to-last batch axis of ``ts [..., E]``), keyed ``game/<name>/<sum>``."""
+    the last axis of ``ts.episode_done [..., E]``), keyed ``game/<name>/<sum>``."""
     out = {}
     for g, name in enumerate(names):
         m = jnp.asarray(game_ids == g, jnp.float32)

@@ -150,6 +150,11 @@ class Trainer:
         self.kind = cfg.env.kind
         self.env = make_env(cfg, S * E)
         self.spec: EnvSpec = self.env.spec
+        if self.spec.games and cfg.eval.episodes < len(self.spec.games):
+            raise ConfigError(
+                f"eval.episodes={cfg.eval.episodes}: {self.spec.name} plays "
+                f"{len(self.spec.games)} games, one evaluation episode each at least"
+            )
         self.policy = make_policy(cfg.algo, self.spec, self.sched.num_updates)
         self.optimizer = self.policy.optimizer()
         self.ppo = ppo_config(cfg.algo)

@@ -192,6 +192,38 @@ def test_mi_is_higher_when_the_policy_depends_on_the_latent(policy_and_batch):
     assert abs(indep) < 1e-5 and dep > 0.04  # 0.072 here
 
 
+def _grad_norms(grads):
+    return {k: float(optax_norm(v)) for k, v in grads.items()}
+
+
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+
+def test_gradients_reach_the_right_parameter_groups(policy_and_batch):
+    """The MI term trains the relation network only; through the straight-through sample the
+    policy's log-probability reaches the prior, while the value does not."""
+    _, pol, params, ts = policy_and_batch
+    h = pol.initial_hidden(ts.obs.shape[0])
+    (z, noise), actions, _, _ = pol.act(params, h, inputs(ts), jax.random.PRNGKey(11))
+    hid = (z[None], noise[None])
+
+    def mi(p):
+        _, rel = pol.features(p, ts.obs)
+        lz = pol.prior_logits(p, pol.layout.split(ts.obs)[1])
+        return pol.mutual_information(p, rel, lz, z, ts.avail_actions, actions[0]).sum()
+
+    g = _grad_norms(jax.grad(mi)(params))
+    assert g["relation"] > 0 and all(g[k] == 0 for k in ("actor", "critic", "prior", "classifier"))
+    logp = _grad_norms(
+        jax.grad(lambda p: pol.evaluate(p, hid, inputs(ts), actions)[0].sum())(params)
+    )
+    value = _grad_norms(
+        jax.grad(lambda p: pol.evaluate(p, hid, inputs(ts), actions)[2].sum())(params)
+    )
+    assert logp["prior"] > 0 and value["prior"] == 0 and value["critic"] > 0
+
+
 def test_mra_needs_an_entity_layout():
     spec = make_array_env("mpe/simple_spread").spec
     with pytest.raises(ConfigError, match="algo=mra needs an environment whose observations"):
@@ -274,3 +306,7 @@ def test_adaptation_needs_a_latent_policy_and_valid_options(mra_run):
         split_adapt(["adapt_steps=many"])
     with pytest.raises(ConfigError, match="adapt method must be pg or select"):
         evaluate_run(mra_run, episodes=2, adapt={"adapt": "sgd"})
+    with pytest.raises(ConfigError, match="takes env overrides only"):
+        evaluate_run(mra_run, env_overrides=["envs.kwargs.agents=[4]"])
+    with pytest.raises(ConfigError, match="episodes=1: population/spread plays 2 games"):
+        evaluate_run(mra_run, episodes=1)
