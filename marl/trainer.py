@@ -471,7 +471,14 @@ def train(
         run_dir = None
     if multi_process:  # one run directory, process 0's; only process 0 logs
         run_dir = Path(broadcast_text(str(run_dir) if jax.process_index() == 0 else ""))
-    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer = Trainer(cfg, run_dir)
+    except ConfigError:
+        # a config only the built environment or policy can reject (algo=mra on an
+        # environment without entities): leave no empty run directory behind
+        if resume_dir is None and run_dir is not None and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     sched = trainer.sched
     # every process takes part in each save (orbax synchronises them; process 0 writes)
     ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep)

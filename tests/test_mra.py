@@ -224,10 +224,16 @@ def test_gradients_reach_the_right_parameter_groups(policy_and_batch):
     assert logp["prior"] > 0 and value["prior"] == 0 and value["critic"] > 0
 
 
-def test_mra_needs_an_entity_layout():
+def test_mra_needs_an_entity_layout(tmp_path, capsys):
+    from marl.cli import main
+
     spec = make_array_env("mpe/simple_spread").spec
     with pytest.raises(ConfigError, match="algo=mra needs an environment whose observations"):
         MRAPolicy(spec)
+    assert main(["train", "algo=mra", f"logger.root={tmp_path}", *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "algo=mra needs an environment" in err[0]
+    assert not list(tmp_path.rglob("config.yaml")) and not list((tmp_path).glob("*/*"))
 
 
 # ----------------------------------------------------------------------------- training
