@@ -183,16 +183,12 @@ class MRAPolicy:
         """The training game (index) of each descriptor, the classifier's target."""
         return jnp.argmin(jnp.abs(desc[..., None, :] - self._descriptors).sum(-1), -1)
 
-    def _heads(self, params, rel, z: jax.Array):
-        """Policy logits, value and embedding under the relation graph ``z`` selects (the
-        weights are combined first: one embedding, whatever Z)."""
+    @staticmethod
+    def _embed(rel, z: jax.Array) -> jax.Array:
+        """The embedding under the relation graph ``z`` selects (the weights are combined
+        first: one embedding, whatever Z)."""
         h_self, h_ent, g = rel
-        x = embed(h_self, h_ent, jnp.einsum("...z,...zm->...m", z, g))
-        return (
-            self.actor.apply(params["actor"], x),
-            self.critic.apply(params["critic"], x)[..., 0],
-            x,
-        )
+        return embed(h_self, h_ent, jnp.einsum("...z,...zm->...m", z, g))
 
     # ------------------------------------------------------------------ protocol
     def act(self, params, hidden, inp: PolicyInput, key: jax.Array, greedy: bool = False, ctx=None):
@@ -204,7 +200,9 @@ class MRAPolicy:
         noise = jnp.where(first, jax.random.gumbel(k_z, z_old.shape), noise_old)
         z_new = jax.nn.one_hot(jnp.argmax(self.prior_logits(params, desc) + noise, -1), self.Z)
         z = jnp.where(first, z_new, z_old)
-        logits, value, _ = self._heads(params, rel, z)
+        x = self._embed(rel, z)
+        logits = self.actor.apply(params["actor"], x)
+        value = self.critic.apply(params["critic"], x)[..., 0]
         dist = action_dist(logits, inp.avail_actions[0], True)
         actions = dist.mode() if greedy else dist.sample(seed=k_a)
         actions = actions.astype(jnp.int32)
@@ -221,8 +219,9 @@ class MRAPolicy:
         z_st = z + y - jax.lax.stop_gradient(y)  # forward: the acted z; backward: the soft one
         # the straight-through latent feeds the policy and the classifier; the critic reads
         # the hard one, so value fitting does not move the prior
-        logits, _, x_sel = self._heads(params, rel, z_st)
-        _, value, _ = self._heads(params, rel, z)
+        x_sel = self._embed(rel, z_st)
+        logits = self.actor.apply(params["actor"], x_sel)
+        value = self.critic.apply(params["critic"], self._embed(rel, z))[..., 0]
         dist = action_dist(logits, inp.avail_actions, True)
         logp, entropy = dist.log_prob(actions), dist.entropy()
         mask = inp.alive.astype(jnp.float32)

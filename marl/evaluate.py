@@ -145,13 +145,15 @@ def evaluate_run(
         target = Trainer(cfg, run_dir)
         target.programs = None  # traced with the trained parameters' own shapes
         a, b = src.spec, target.spec
-        if not _same_shapes(src, target) and getattr(src.policy, "size_agnostic", False):
+        if _same_shapes(src, target):
+            pass
+        elif getattr(src.policy, "size_agnostic", False):
             raise ConfigError(
                 f"{b.name} does not match the trained policy's inputs: entity features "
                 f"(self, descriptor, entity) / actions {a.entities and a.entities.shapes()}/"
                 f"{a.num_actions} vs {b.entities and b.entities.shapes()}/{b.num_actions}"
             )
-        if not _same_shapes(src, target):
+        else:
             raise ConfigError(
                 f"{b.name} does not match the trained policy's shapes: agents/obs/actions "
                 f"{a.num_agents}/{a.obs_dim}/{a.num_actions} vs "
