@@ -10,7 +10,7 @@ from marl.errors import unknown
 # Algorithms built on the actor-critic PPO policy; AMI adds its own.
 ACTOR_CRITIC = ("ippo", "mappo", "ippo_rnn", "mappo_rnn")
 TRANSFORMER = ("mat", "commformer")  # marl.agents.mat.MATPolicy, graph from algo.graph
-ALGORITHMS = ACTOR_CRITIC + TRANSFORMER + ("mra",)
+ALGORITHMS = ACTOR_CRITIC + TRANSFORMER + ("mra", "ami")
 
 
 def make_policy(algo: Any, spec: EnvSpec, total_updates: int):
@@ -21,6 +21,12 @@ def make_policy(algo: Any, spec: EnvSpec, total_updates: int):
         return _transformer(algo, spec, total_updates)
     if algo.name == "mra":
         return _mra(algo, spec, total_updates)
+    if algo.name == "ami":
+        return _ami(algo, spec, total_updates)
+    return _actor_critic(algo, spec, total_updates)
+
+
+def _actor_critic(algo: Any, spec: EnvSpec, total_updates: int):
     from marl.agents.actor_critic import ActorCriticPolicy, NetworkConfig
 
     net = algo.network
@@ -91,4 +97,26 @@ def _mra(algo: Any, spec: EnvSpec, total_updates: int):
         anneal_lr=bool(algo.anneal_lr),
         total_updates=total_updates,
         updates_per_step=int(algo.update_epochs) * int(algo.num_minibatches),
+    )
+
+
+def _ami(algo: Any, spec: EnvSpec, total_updates: int):
+    from marl.agents.ami import AMIPolicy, InfluenceConfig
+    from marl.trainer import ppo_config
+
+    inf = algo.influence
+    return AMIPolicy(
+        _actor_critic(algo, spec, total_updates),
+        InfluenceConfig(
+            float(inf.coef),
+            int(inf.samples),
+            str(inf.target),
+            str(inf.marginal),
+            tuple(int(h) for h in inf.hidden),
+            float(inf.lr),
+            int(inf.epochs),
+            float(inf.max_grad_norm),
+            bool(inf.standardise),
+        ),
+        ppo_config(algo),
     )

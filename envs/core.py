@@ -95,6 +95,36 @@ class EntityLayout:
 
 
 @dataclass(frozen=True)
+class AttackLayout:
+    """How an attack environment's global state splits (:mod:`marl.attack`), for the
+    attacker's centralised learners (AMI's victim model and oracle).
+
+    The state is ``[base state | victims' actions at t, one-hot [A, nA] (the adversary's row
+    zero) | every agent's legal actions [A, nA] | victims visible to the adversary [A]]``,
+    where ``A`` counts the whole team, the adversary's slot included.
+    """
+
+    base_state_dim: int
+    num_agents: int
+    num_actions: int
+    slot: int
+
+    @property
+    def state_dim(self) -> int:
+        return self.base_state_dim + 2 * self.num_agents * self.num_actions + self.num_agents
+
+    def split(self, state: Any) -> tuple[Any, Any, Any, Any]:
+        """``state [..., state_dim]`` -> ``(base [..., S], victims' actions [..., A, nA],
+        legal actions [..., A, nA] bool, visible [..., A])``."""
+        A, n = self.num_agents, self.num_actions
+        b = self.base_state_dim
+        lead = state.shape[:-1]
+        acts = state[..., b : b + A * n].reshape(*lead, A, n)
+        avail = state[..., b + A * n : b + 2 * A * n].reshape(*lead, A, n) > 0.5
+        return state[..., :b], acts, avail, state[..., b + 2 * A * n :]
+
+
+@dataclass(frozen=True)
 class EnvSpec:
     """Static description of an environment's array view.
 
@@ -118,6 +148,7 @@ class EnvSpec:
         entities: the entity layout of the observation, where it has one (population
             environments, :mod:`marl.envs.population`).
         games: the names of the games a population environment plays (in its game order).
+        attack: the state layout of an attack environment (:class:`AttackLayout`).
     """
 
     name: str
@@ -136,6 +167,7 @@ class EnvSpec:
     agent_classes: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     entities: EntityLayout | None = None
     games: tuple[str, ...] = ()
+    attack: AttackLayout | None = None
 
     @property
     def num_agents(self) -> int:

@@ -36,6 +36,7 @@ class EnvEntry:
             starts an episode (used by :meth:`JaxArrayEnv.restart_from`).
         array_build: ``array_build(agent_id=..., **kwargs)`` for entries that are array
             environments themselves rather than one ``MultiAgentEnv`` (``population/*``).
+        listed: shown by ``marl envs`` (not ``attack``, which needs a trained run to build).
     """
 
     name: str
@@ -46,6 +47,7 @@ class EnvEntry:
     win: Callable[[Any, Any], Any] | None = None
     alive: Callable[[Any, Any], Any] | None = None
     array_build: Callable[..., Any] | None = None
+    listed: bool = True
 
 
 class LazyKwargs(Mapping):
@@ -439,6 +441,35 @@ def _occupy() -> None:
         )
 
 
+def _attack() -> None:
+    def build(*, agent_id: bool = False, **kw: Any):
+        from marl.attack import make_attack_env  # loads the victims' run: only when built
+
+        return make_attack_env(agent_id=agent_id, **kw)
+
+    def refuse(**kw: Any):
+        raise ConfigError("env=attack is an array environment (marl attack)")
+
+    register(
+        EnvEntry(
+            "attack",
+            refuse,
+            "a trained team (env.kwargs.victims=<run dir>) with one slot played by an "
+            "adversary (marl attack)",
+            {
+                "victims": None,
+                "slot": 0,
+                "step": None,
+                "seed": 0,
+                "greedy": False,
+                "mode": "adversary",
+            },
+            array_build=build,
+            listed=False,
+        )
+    )
+
+
 def _register_builtins() -> None:
     spread_variants = tuple({"N": n} for n in range(2, 9))
     _mpe("simple", "MPE_simple_v3", "one agent reaches a landmark")
@@ -487,6 +518,7 @@ def _register_builtins() -> None:
         _smax(m, f"SMAX {d}, heuristic enemy")
     _smax_marines()
     _occupy()
+    _attack()
     _hanabi()
     _tiny_hanabi()
 

@@ -51,6 +51,7 @@ SECTIONS = (
     "target",
     "search",
     "relaunch",
+    "attack",
 )
 ENV_NAMES = ("mpe/simple_spread", "smax/3m")
 
@@ -623,6 +624,60 @@ def bench_train(s: Settings) -> list[dict[str, Any]]:
             f" s, {n} updates/chunk)"
         )
     return rows
+
+
+# ------------------------------------------------------------------ 2b. attacks
+ATTACK_TASK = ["env=smax/marines", "env.kwargs.N=4", "env.kwargs.M=3", "algo=mappo"]
+
+
+def bench_attack(s: Settings) -> dict[str, Any]:
+    """Training steps/s of the attacks (``marl attack``'s training config: one adversary
+    against a frozen MAPPO team of 4 marines vs 3, the team's policy in every step) next to
+    plain MAPPO training of the whole team on the same task and batch. The victims are a
+    few updates of MAPPO (the timing does not depend on their weights)."""
+    from marl.attack import plan_attack
+    from marl.config import compose
+    from marl.trainer import train
+
+    batch = ["num_envs=8", "algo.rollout_len=16"] if s.quick else ["num_envs=64"]
+    quiet = ["logger.wandb.mode=disabled", "logger.progress=false", "eval.video=false"]
+    with tempfile.TemporaryDirectory() as tmp:
+        victims = train(
+            compose(
+                [
+                    *ATTACK_TASK,
+                    "num_envs=8",
+                    "algo.rollout_len=16",
+                    "total_timesteps=256",
+                    "eval.num_evals=1",
+                    "eval.episodes=2",
+                    "eval.absolute_factor=1",
+                    *quiet,
+                    f"logger.root={tmp}",
+                ]
+            )
+        )
+        rows = []
+        for label, extra in (
+            ("mappo team (4m vs 3m)", ATTACK_TASK),
+            ("attack gleave", None),
+            ("attack ami", None),
+        ):
+            if extra is None:
+                name = label.split()[-1]
+                plan = plan_attack([f"victims={victims}", f"attack={name}", *batch])
+                ov = plan.overrides
+            else:
+                ov = [*extra, *batch]
+            n = _updates_for(ov, s.train_target_steps, s.pz_train_updates)
+            r = measure_training(ov, n, s.repeats, label)
+            r["label"] = label
+            rows.append(r)
+            _log(f"attack bench {label}: {r['steps_per_s']:,.0f} steps/s")
+    base = rows[0]["steps_per_s"]
+    for r in rows:
+        r["ratio_vs_mappo"] = r["steps_per_s"] / base
+    return {"task": "smax/marines N=4 M=3", "rows": rows}
 
 
 # ------------------------------------------------------------------ 3. JaxMARL's own baseline
@@ -1380,6 +1435,19 @@ def print_report(res: dict[str, Any], console: Any = None) -> None:
                 f"{r['compile_s']:.1f}",
             )
         console.print(t)
+    at = res.get("attack")
+    if at:
+        t = Table(title=f"7. Attack training on {at['task']}, env steps/s (compile excluded)")
+        for c in ("run", "steps/s", "vs MAPPO team", "compile s"):
+            t.add_column(c, justify="right")
+        for r in at["rows"]:
+            t.add_row(
+                r["label"],
+                _fmt(r["steps_per_s"]),
+                f"{r['ratio_vs_mappo']:.2f}x",
+                f"{r['first_chunk_s']:.1f}",
+            )
+        console.print(t)
     if res.get("targets"):
         t = Table(title="Targets")
         for c in ("target", "measured", "status", "detail"):
@@ -1434,6 +1502,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         res["search"] = bench_search(s)
     if "relaunch" in only:
         res["relaunch"] = bench_relaunch(s, args.jaxmarl_repo)
+    if "attack" in only:
+        res["attack"] = bench_attack(s)
     res["meta"]["total_s"] = _now() - t_all
     res["machine"]["load_avg_end"] = list(os.getloadavg())
     res["targets"] = evaluate_targets(res)

@@ -21,7 +21,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 
     from marl import envs
 
-    names = args.names or envs.names()
+    names = args.names or [n for n in envs.names() if envs.entry(n).listed]
     rows = []
     for name in names:
         e = envs.entry(name)
@@ -70,6 +70,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
         )
     Console(width=max(130, Console().width)).print(table)
     print("Any PettingZoo environment: marl.envs.pettingzoo_vector_env(env_fn, num_envs)")
+    print("A trained team with one slot played by an adversary: env=attack (marl attack)")
     return 0
 
 
@@ -157,6 +158,30 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from marl.search import run_search
 
     print(run_search(cfg))
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from marl.attack import plan_attack
+
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        plan = plan_attack(args.overrides)
+        print(OmegaConf.to_yaml(plan.attack, resolve=True), end="")
+        print(OmegaConf.to_yaml(plan.train, resolve=True), end="")
+        return 0
+    enable_compile_cache()
+    from marl.attack import run_attack
+
+    print(run_attack(args.overrides))
+    return 0
+
+
+def _cmd_attack_eval(args: argparse.Namespace) -> int:
+    from marl.attack import attack_eval
+
+    attack_eval(args.run_dirs, args.out, args.wandb)
     return 0
 
 
@@ -267,6 +292,25 @@ def build_parser() -> argparse.ArgumentParser:
         "marl search env=hanabi/small blueprint=<run dir>|uniform search=md|mmd "
         "eta=1 samples=16 rollouts=1 episodes=64 (env=openspiel/kuhn_poker, tiny_hanabi/A, ...)",
     )
+
+    _hydra_command(
+        sub,
+        "attack",
+        _cmd_attack,
+        "train an adversary in one slot of a trained team (AMI, Gleave, random, none)",
+        "marl attack victims=<run dir> attack=ami|gleave|random|none|ami_untargeted|"
+        "ami_bilateral adversary_slot=0 [total_timesteps=... num_seeds=... algo.*=...] "
+        "(env=<name> checks the victims' environment; resume=<attack run dir> continues)",
+    )
+    p = sub.add_parser(
+        "attack-eval", help="the attack report: victims' win rate / return per attack, 95% CIs"
+    )
+    p.add_argument("run_dirs", nargs="+", help="attack run directories (marl attack)")
+    p.add_argument("--out", default=None, help="output directory (default: the runs' parent)")
+    p.add_argument(
+        "--wandb", default="offline", choices=["offline", "online", "disabled"], help="W&B mode"
+    )
+    p.set_defaults(func=_cmd_attack_eval)
 
     p = sub.add_parser("render", help="greedy episodes of a trained MPE / SMAX run as a GIF")
     p.add_argument("run_dir")

@@ -71,6 +71,21 @@ class LatentSchema:
 
 
 @dataclass
+class InfluenceSchema:
+    """AMI's attacker learners and influence reward (``marl.agents.ami.InfluenceConfig``)."""
+
+    coef: float = 0.1  # lambda: weight of the influence term in the shaped reward
+    samples: int = 10  # K adversary actions sampled from its policy per step
+    target: str = "oracle"  # oracle (targeted AMI) | none (untargeted ablation)
+    marginal: str = "policy"  # policy (unilateral) | realised (bilateral ablation)
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # victim model, oracle
+    lr: float = 1e-3  # Adam of the victim model and the oracle (and its critic)
+    epochs: int = 4  # passes over each rollout of the victim model and of the oracle
+    max_grad_norm: float = 10.0
+    standardise: bool = True  # the shaped reward, with running mean and variance
+
+
+@dataclass
 class AlgoConfig(PPOConfig):
     """The PPO hyperparameters (:class:`marl.ppo.PPOConfig`) and the policy's."""
 
@@ -88,6 +103,7 @@ class AlgoConfig(PPOConfig):
     gate_penalty: float = 0.0  # lambda * mean(gate) added to the loss
     gate_threshold: float = 0.5
     latent: LatentSchema = field(default_factory=LatentSchema)  # MRA
+    influence: InfluenceSchema = field(default_factory=InfluenceSchema)  # AMI
 
 
 @dataclass
@@ -183,7 +199,34 @@ class SearchRunConfig:
     )
 
 
-_SCHEMAS: dict[str, type] = {"config": TrainConfig, "search_run": SearchRunConfig}
+@dataclass
+class AttackSchema:
+    """One attack of ``configs/attack/`` (``marl attack attack=<name>``)."""
+
+    name: str = "ami"
+    algo: str | None = "ami"  # the attacker's algorithm (configs/algo/); null: no training
+    mode: str = "adversary"  # the slot plays the adversary | random | clean (the team's own)
+    algo_overrides: list[str] = field(default_factory=list)  # e.g. algo.influence.target=none
+
+
+@dataclass
+class AttackRunConfig:
+    """Root config of ``marl attack`` (``configs/attack_run.yaml``): the attack and the
+    victims; every other key is the attacker's training config (``configs/config.yaml``)."""
+
+    attack: AttackSchema = field(default_factory=AttackSchema)
+    victims: str | None = None  # run directory of the trained team
+    adversary_slot: int = 0  # the agent the adversary replaces
+    victim_step: int | None = None  # the victims' checkpoint (default: the last)
+    victim_seed: int = 0  # which seed of a multi-seed victims' run
+    victim_greedy: bool = False  # victims take their most likely action (default: sample)
+
+
+_SCHEMAS: dict[str, type] = {
+    "config": TrainConfig,
+    "search_run": SearchRunConfig,
+    "attack_run": AttackRunConfig,
+}
 # `marl search eta=0.5` is short for `search.eta=0.5`
 SEARCH_SHORTHANDS = (
     "kind",
@@ -226,7 +269,7 @@ def _check_groups(overrides: list[str]) -> None:
     for o in overrides:
         key, sep, value = o.partition("=")
         key = key.lstrip("+~")
-        if sep and key in ("env", "algo", "preset", "search"):
+        if sep and key in ("env", "algo", "preset", "search", "attack"):
             options = group_options(key)
             if value not in options:
                 raise unknown(key, value, options)
@@ -325,6 +368,8 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
         "algo.graph.period",
         "algo.latent.num",
         "algo.latent.mi_samples",
+        "algo.influence.samples",
+        "algo.influence.epochs",
     )
     for k in positive:
         if OmegaConf.select(merged, k) < 1:
@@ -340,6 +385,12 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     if not 0.0 < merged.algo.latent.mi_fraction <= 1.0:
         raise ConfigError(
             f"algo.latent.mi_fraction must be in (0, 1], got {merged.algo.latent.mi_fraction}"
+        )
+    inf = merged.algo.influence
+    if inf.target not in ("oracle", "none") or inf.marginal not in ("policy", "realised"):
+        raise ConfigError(
+            f"algo.influence: target must be oracle or none and marginal policy or realised, "
+            f"got target={inf.target!r} marginal={inf.marginal!r}"
         )
     if not 0.0 <= merged.algo.graph.sparsity <= 1.0:
         raise ConfigError(
@@ -383,6 +434,20 @@ def compose_search(overrides: list[str] | None = None) -> DictConfig:
         key = o.partition("=")[0]
         out.append(f"search.{o}" if key in SEARCH_SHORTHANDS else o)
     return validate_search(_compose("search_run", out))
+
+
+def compose_attack(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/attack_run.yaml`` (the attack part of ``marl attack``) and validate
+    it."""
+    cfg = _merge(_compose("attack_run", list(overrides or [])), AttackRunConfig)
+    a = cfg.attack
+    if a.mode not in ("adversary", "random", "clean"):
+        raise ConfigError(f"attack.mode={a.mode!r} is not one of adversary, random, clean")
+    if a.algo is not None and a.algo not in group_options("algo"):
+        raise unknown("attack.algo", a.algo, group_options("algo"))
+    if cfg.adversary_slot < 0 or cfg.victim_seed < 0:
+        raise ConfigError("adversary_slot and victim_seed must be >= 0")
+    return cfg
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -89,6 +89,9 @@ class TrainState(NamedTuple):
     opt_state: Any
     value_norm: ValueNorm
     update: Any = np.int32(0)  # PPO updates made so far (a policy's schedules read it)
+    # what a policy with `prepare` learns besides its parameters (AMI's victim model and
+    # oracle, their optimisers, reward statistics); None for the others
+    aux: Any = None
 
 
 def scan(f, init, xs):
@@ -228,7 +231,18 @@ def ppo_update(
     sequences, so minibatches split environment copies); feed-forward policies shuffle
     individual steps. A policy with ``step_hidden = True`` (a latent drawn once per episode)
     gets each step's own hidden state, ``traj.hidden``, in :meth:`Policy.evaluate`.
+
+    A policy with ``prepare(params, aux, traj, last_inp, key) -> (aux, reward, metrics)``
+    first trains what it keeps in ``state.aux`` on the rollout and replaces its rewards
+    (AMI: the victim model and the oracle learn, then the influence term shapes the reward);
+    the PPO epochs below then run on the new rewards.
     """
+    aux, prep_metrics = state.aux, {}
+    prepare = getattr(policy, "prepare", None)
+    if prepare is not None:
+        key, k_prep = jax.random.split(key)
+        aux, reward, prep_metrics = prepare(state.params, state.aux, traj, last_inp, k_prep)
+        traj = traj._replace(reward=reward)
     # Bootstrap value of the observation after the last step.
     ctx = TrainContext(key, jnp.asarray(state.update, jnp.int32))
     _, _, _, last_value = policy.act(state.params, last_hidden, last_inp, key, True, ctx)
@@ -292,4 +306,5 @@ def ppo_update(
     )
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["value/mean_target"] = _masked_mean(targets, traj.inp.alive.astype(jnp.float32))
-    return TrainState(params, opt_state, vn, state.update + 1), metrics
+    metrics.update(prep_metrics)
+    return TrainState(params, opt_state, vn, state.update + 1, aux), metrics

@@ -171,7 +171,14 @@ class Trainer:
         # single-device pure-JAX runs keep their programs exported (marl/programs.py): a
         # relaunch of the same config traces nothing
         self.programs = None
-        if self.kind == "jax" and self.mesh is None and jax.process_count() == 1:
+        # (not for attack environments: their victims' parameters are constants of the
+        # programs, and the config names the victims' run, not the parameters it holds)
+        if (
+            self.kind == "jax"
+            and self.mesh is None
+            and jax.process_count() == 1
+            and self.spec.attack is None
+        ):
             self.programs = ProgramCache.for_config(to_dict(cfg))
         # Key derivation and the whole initial state are one compiled program (see
         # `init_runner`): every eager JAX op at start-up costs a compile of its own.
@@ -243,7 +250,10 @@ class Trainer:
 
         def init(key, params):
             _, k_env, k_run = jax.random.split(key, 3)
-            train = TrainState(params, self.optimizer.init(params), ValueNorm.create())
+            aux = None
+            if hasattr(self.policy, "init_aux"):
+                aux = self.policy.init_aux(jax.random.fold_in(key, 17))
+            train = TrainState(params, self.optimizer.init(params), ValueNorm.create(), aux=aux)
             if self.kind == "jax":
                 env_state, ts = self.env.reset_batch(k_env, E)
             else:

@@ -1,0 +1,365 @@
+"""AMI: Adversarial Minority Influence (Li et al., arXiv 2302.03322), discrete actions.
+
+The adversary, one slot of a frozen cooperative team (:mod:`marl.attack`), is trained with
+PPO on a shaped reward. Besides its actor-critic (MAPPO's, :class:`ActorCriticPolicy`) the
+attacker learns, on every rollout (the PPO core's ``prepare`` hook):
+
+* the **victim model** ``p_phi(a_{t+1} | s_t, a_t)``: each victim's next action from the
+  global state and the joint action (cross-entropy on the victims' observed next actions);
+* the **oracle** ``pi_psi(tau_{t+1} | s_t, a_t)``: a target action for every victim at
+  ``t + 1``, restricted to its legal actions then; trained with PPO on the advantage of the
+  shaped reward shifted by one step (the target pays off when the victim acts on it), with
+  its own critic ``V_psi(s_t)``.
+
+The **unilateral, targeted influence** of step ``t``: replace the adversary's action in
+``a_t`` by K samples from its current policy, predict each victim's next action with
+``p_phi`` (argmax, one-hot) and average them: ``p_bar_i``, the victims' next-action
+distribution marginalised over the adversary's own policy; then
+``S_t = sum_i visible_i || p_bar_i - onehot(tau_i) ||_1`` over the victims the adversary
+sees. The adversary's reward is ``-r_team - coef * S_t``, standardised with running
+statistics; nothing is differentiated through ``p_phi`` or the oracle (reward only).
+
+Ablations (``algo.influence``): ``target=none`` (no oracle): the reward *adds*
+``coef * sum_i visible_i || onehot(pred_i(a_t)) - p_bar_i ||_1``, how far the adversary's
+realised action moves the victims' predicted actions from their marginal; ``marginal=
+realised`` (bilateral): ``p_bar_i`` is replaced by the prediction under the realised joint
+action, so the term no longer separates the adversary's influence from the victims' own.
+
+Order per rollout, as the reference learner: the shaped reward with the current models and
+one oracle sample; the victim model's epochs; the oracle's epochs (critic and PPO); then
+the adversary's PPO epochs (the core). Networks are MLPs (the reference uses GRUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from marl.errors import ConfigError
+from marl.policy import PolicyInput
+from marl.ppo import PPOConfig, gae
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    coef: float = 0.1
+    samples: int = 10
+    target: str = "oracle"  # oracle | none
+    marginal: str = "policy"  # policy | realised
+    hidden: tuple[int, ...] = (64, 64)
+    lr: float = 1e-3
+    epochs: int = 4
+    max_grad_norm: float = 10.0
+    standardise: bool = True
+
+
+class MLP(nn.Module):
+    """ReLU MLP with a linear head of ``out`` features."""
+
+    hidden: tuple[int, ...]
+    out: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(0.01))(x)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def _masked_logits(logits: jax.Array, avail: jax.Array) -> jax.Array:
+    return jnp.where(avail, logits, -1e9)
+
+
+class RewardStats:
+    """Running mean and variance (parallel Welford) of the shaped reward."""
+
+    @staticmethod
+    def create() -> dict[str, jax.Array]:
+        return {"count": jnp.float32(1e-4), "mean": jnp.float32(0.0), "var": jnp.float32(1.0)}
+
+    @staticmethod
+    def update(st: dict[str, jax.Array], x: jax.Array) -> dict[str, jax.Array]:
+        n = jnp.float32(x.size)
+        m, v = x.mean(), x.var()
+        delta = m - st["mean"]
+        tot = st["count"] + n
+        mean = st["mean"] + delta * n / tot
+        m2 = st["var"] * st["count"] + v * n + delta**2 * st["count"] * n / tot
+        return {"count": tot, "mean": mean, "var": m2 / tot}
+
+
+class AMIPolicy:
+    """The AMI attacker: the adversary's actor-critic (``base``) for acting and PPO, and the
+    victim model, the oracle and the reward shaping in :meth:`prepare` (state in the train
+    state's ``aux``)."""
+
+    def __init__(self, base: Any, cfg: InfluenceConfig, ppo: PPOConfig):
+        spec = base.spec
+        if spec.attack is None:
+            raise ConfigError(
+                "algo=ami attacks a trained team: run it with `marl attack victims=<run dir> "
+                "attack=ami` (env=attack)"
+            )
+        if base.recurrent:
+            raise ConfigError("algo=ami: the adversary's policy is feed-forward here")
+        self.base, self.spec, self.cfg, self.ppo = base, spec, cfg, ppo
+        self.recurrent = False
+        L = spec.attack
+        self.L = L
+        self.model = MLP(cfg.hidden, L.num_agents * L.num_actions)  # victim model
+        self.oracle = MLP(cfg.hidden, L.num_agents * L.num_actions)
+        self.oracle_critic = MLP(cfg.hidden, 1)
+        self._tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+
+    # ------------------------------------------------------------------ the adversary
+    def init(self, key: jax.Array) -> Any:
+        return self.base.init(key)
+
+    def initial_hidden(self, num_envs: int) -> Any:
+        return self.base.initial_hidden(num_envs)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return self.base.optimizer()
+
+    def act(self, params, hidden, inp: PolicyInput, key, greedy: bool = False, ctx=None):
+        return self.base.act(params, hidden, inp, key, greedy, ctx)
+
+    def evaluate(self, params, hidden, inp: PolicyInput, actions, ctx=None):
+        return self.base.evaluate(params, hidden, inp, actions, ctx)
+
+    # ------------------------------------------------------------------ the attacker's models
+    def init_aux(self, key: jax.Array) -> dict[str, Any]:
+        L = self.L
+        x = jnp.zeros((1, L.base_state_dim + L.num_agents * L.num_actions))
+        k1, k2, k3 = jax.random.split(key, 3)
+        model = self.model.init(k1, x)
+        oracle = {
+            "pi": self.oracle.init(k2, x),
+            "v": self.oracle_critic.init(k3, x[:, : L.base_state_dim]),
+        }
+        return {
+            "model": model,
+            "oracle": oracle,
+            "model_opt": self._tx.init(model),
+            "oracle_opt": self._tx.init(oracle),
+            "reward": RewardStats.create(),
+        }
+
+    def _features(self, s: jax.Array, joint: jax.Array) -> jax.Array:
+        return jnp.concatenate([s, joint.reshape(*joint.shape[:-2], -1)], -1)
+
+    def model_logits(self, params: Any, s: jax.Array, joint: jax.Array) -> jax.Array:
+        """``[..., A, nA]`` logits of each agent's next action from ``s [..., S]`` and the
+        one-hot joint action ``joint [..., A, nA]``."""
+        out = self.model.apply(params, self._features(s, joint))
+        return out.reshape(*out.shape[:-1], self.L.num_agents, self.L.num_actions)
+
+    def oracle_logits(self, params: Any, s: jax.Array, joint: jax.Array, avail: jax.Array):
+        out = self.oracle.apply(params["pi"], self._features(s, joint))
+        out = out.reshape(*out.shape[:-1], self.L.num_agents, self.L.num_actions)
+        return _masked_logits(out, avail)
+
+    def _batch(self, traj: Any, last_inp: PolicyInput) -> dict[str, jax.Array]:
+        """The attacker's view of a rollout ``[T, E]``: state, joint action, the victims'
+        next actions and legal actions, visibility, and which steps have a next step."""
+        L = self.L
+        s, acts, _, vis = L.split(traj.inp.state)
+        nxt = jnp.concatenate([traj.inp.state[1:], last_inp.state], 0)
+        _, acts_next, avail_next, _ = L.split(nxt)
+        adv = jax.nn.one_hot(traj.action[..., 0], L.num_actions)
+        joint = acts.at[..., L.slot, :].set(adv)
+        victims = (jnp.arange(L.num_agents) != L.slot).astype(jnp.float32)
+        valid = 1.0 - traj.done.astype(jnp.float32)  # t + 1 is in the same episode
+        # a victim with a choice to predict at t + 1 (dead SMAX units keep only the no-op)
+        has_next = (avail_next.sum(-1) > 1).astype(jnp.float32)
+        mask = valid[..., None] * victims * has_next
+        return {
+            "s": s,
+            "joint": joint,
+            "acts": acts,
+            "next": jnp.argmax(acts_next, -1),
+            "avail_next": avail_next,
+            "vis": vis * victims,
+            "mask": mask,  # [T, E, A]
+            "valid": valid,  # [T, E]
+        }
+
+    def influence(
+        self, params: Any, aux: Any, traj: Any, b: dict[str, jax.Array], tau: jax.Array, key
+    ) -> jax.Array:
+        """``[T, E]`` the influence term ``S_t`` (targeted: a distance to the oracle's
+        targets ``tau [T, E, A]``, to be lowered; untargeted: a deviation, to be raised)."""
+        L, cfg = self.L, self.cfg
+        T, E = traj.done.shape
+        n = L.num_actions
+
+        def predict(joint):
+            logits = _masked_logits(self.model_logits(aux["model"], b["s"], joint), b["avail_next"])
+            return jax.nn.one_hot(jnp.argmax(logits, -1), n)
+
+        # K actions of the adversary's current policy at every step
+        flat = jax.tree.map(lambda x: x.reshape(1, T * E, *x.shape[2:]), traj.inp)
+        hidden = self.base.initial_hidden(T * E)
+
+        def sample(k):
+            _, a, _, _ = self.base.act(params, hidden, flat, k)
+            return a.reshape(T, E)
+
+        adv = jax.vmap(sample)(jax.random.split(key, cfg.samples))  # [K, T, E]
+
+        def predict_with(a):
+            return predict(b["joint"].at[..., L.slot, :].set(jax.nn.one_hot(a, n)))
+
+        p_bar = jax.lax.map(predict_with, adv).mean(0)  # [T, E, A, nA]
+        realised = predict(b["joint"])
+        weight = b["vis"] * b["mask"]
+        if cfg.target == "none":
+            dev = jnp.abs(realised - p_bar).sum(-1)
+            return (dev * weight).sum(-1)
+        ref = p_bar if cfg.marginal == "policy" else realised
+        dist = jnp.abs(ref - jax.nn.one_hot(tau, n)).sum(-1)
+        return (dist * weight).sum(-1)
+
+    # ------------------------------------------------------------------ one rollout
+    def prepare(self, params: Any, aux: Any, traj: Any, last_inp: PolicyInput, key: jax.Array):
+        """Shape the rollout's reward, then train the victim model and the oracle on it:
+        ``(aux, reward [T, E, 1], metrics)``."""
+        cfg, ppo = self.cfg, self.ppo
+        k_tau, k_inf, k_model, k_oracle = jax.random.split(key, 4)
+        b = self._batch(traj, last_inp)
+        targeted = cfg.target == "oracle"
+
+        # 1. the oracle's targets (one sample per rollout) and the influence term
+        o_logits = self.oracle_logits(aux["oracle"], b["s"], b["joint"], b["avail_next"])
+        tau = jax.random.categorical(k_tau, o_logits)
+        old_logp = jnp.take_along_axis(jax.nn.log_softmax(o_logits), tau[..., None], -1)[..., 0]
+        S = self.influence(params, aux, traj, b, tau, k_inf)
+        env_r = traj.reward[..., 0]
+        shaped = env_r - cfg.coef * S if targeted else env_r + cfg.coef * S
+        stats = aux["reward"]
+        if cfg.standardise:
+            stats = RewardStats.update(stats, shaped)
+            reward = (shaped - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-8)
+        else:
+            reward = shaped
+
+        # 2. the victim model: cross-entropy on the victims' observed next actions
+        acc_before = _masked_mean(
+            (
+                jnp.argmax(
+                    _masked_logits(
+                        self.model_logits(aux["model"], b["s"], b["joint"]), b["avail_next"]
+                    ),
+                    -1,
+                )
+                == b["next"]
+            ).astype(jnp.float32),
+            b["mask"],
+        )
+
+        def model_loss(p, idx):
+            logits = self.model_logits(
+                p,
+                b["s"].reshape(-1, b["s"].shape[-1])[idx],
+                b["joint"].reshape(-1, *b["joint"].shape[2:])[idx],
+            )
+            ce = optax.softmax_cross_entropy_with_integer_labels(
+                logits, b["next"].reshape(-1, b["next"].shape[-1])[idx]
+            )
+            return _masked_mean(ce, b["mask"].reshape(-1, ce.shape[-1])[idx])
+
+        model, model_opt, model_l = self._epochs(
+            model_loss, aux["model"], aux["model_opt"], k_model, traj.done.size
+        )
+
+        # 3. the oracle: its critic on the shaped reward, PPO on the shifted advantage
+        oracle, oracle_opt, oracle_l = aux["oracle"], aux["oracle_opt"], jnp.float32(0.0)
+        if targeted:
+            values = self.oracle_critic.apply(oracle["v"], b["s"])[..., 0]
+            last_v = self.oracle_critic.apply(oracle["v"], self.L.split(last_inp.state[0])[0])[
+                ..., 0
+            ]
+            adv, ret = gae(
+                reward[..., None],
+                values[..., None],
+                traj.done,
+                last_v[..., None],
+                ppo.gamma,
+                ppo.gae_lambda,
+            )
+            adv, ret = adv[..., 0], ret[..., 0]
+            # the target chosen at t is acted on at t + 1: A_psi(t) = A(t + 1)
+            shifted = jnp.concatenate([adv[1:], jnp.zeros_like(adv[:1])], 0) * b["valid"]
+            m = b["mask"]
+            a_mean = _masked_mean(shifted[..., None] * jnp.ones_like(m), m)
+            a_std = jnp.sqrt(_masked_mean((shifted[..., None] - a_mean) ** 2 * jnp.ones_like(m), m))
+            shifted = (shifted - a_mean) / (a_std + 1e-8)
+            flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+
+            def oracle_loss(p, idx):
+                logits = self.oracle_logits(
+                    p, flat(b["s"])[idx], flat(b["joint"])[idx], flat(b["avail_next"])[idx]
+                )
+                logp = jnp.take_along_axis(
+                    jax.nn.log_softmax(logits), flat(tau)[idx][..., None], -1
+                )[..., 0]
+                ratio = jnp.exp(logp - flat(old_logp)[idx])
+                a = flat(shifted)[idx][:, None]
+                surr = jnp.minimum(
+                    ratio * a, jnp.clip(ratio, 1 - ppo.clip_eps, 1 + ppo.clip_eps) * a
+                )
+                pg = -_masked_mean(surr, flat(m)[idx])
+                v = self.oracle_critic.apply(p["v"], flat(b["s"])[idx])[..., 0]
+                return pg + 0.5 * jnp.mean((v - flat(ret)[idx]) ** 2)
+
+            oracle, oracle_opt, oracle_l = self._epochs(
+                oracle_loss, oracle, oracle_opt, k_oracle, traj.done.size
+            )
+
+        new_aux = {
+            "model": model,
+            "oracle": oracle,
+            "model_opt": model_opt,
+            "oracle_opt": oracle_opt,
+            "reward": stats,
+        }
+        metrics = {
+            "ami/influence": _masked_mean(S, b["valid"]),
+            "ami/reward_env": env_r.mean(),
+            "ami/reward_shaped": shaped.mean(),
+            "ami/model_acc": acc_before,  # on this rollout, before training on it
+            "ami/model_loss": model_l,
+            "ami/oracle_loss": oracle_l,
+        }
+        return new_aux, reward[..., None], metrics
+
+    def _epochs(self, loss_fn, params, opt_state, key, n: int):
+        """``cfg.epochs`` passes over ``n`` shuffled steps in ``ppo.num_minibatches``
+        minibatches of ``loss_fn(params, indices)``; returns the last loss."""
+        nm = self.ppo.num_minibatches
+        size = n // nm
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, n)[: nm * size].reshape(nm, size)
+
+            def mb(carry, idx):
+                p, o = carry
+                loss, g = jax.value_and_grad(loss_fn)(p, idx)
+                upd, o = self._tx.update(g, o, p)
+                return (optax.apply_updates(p, upd), o), loss
+
+            return jax.lax.scan(mb, carry, perm)
+
+        (params, opt_state), losses = jax.lax.scan(
+            epoch, (params, opt_state), jax.random.split(key, self.cfg.epochs)
+        )
+        return params, opt_state, losses[-1].mean()
