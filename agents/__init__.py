@@ -108,7 +108,7 @@ def _ami(algo: Any, spec: EnvSpec, total_updates: int):
     return AMIPolicy(
         _actor_critic(algo, spec, total_updates),
         InfluenceConfig(
-            float(inf.coef),
+            None if inf.coef is None else float(inf.coef),
             int(inf.samples),
             str(inf.target),
             str(inf.marginal),

@@ -99,8 +99,9 @@ class AttackLayout:
     """How an attack environment's global state splits (:mod:`marl.attack`), for the
     attacker's centralised learners (AMI's victim model and oracle).
 
-    The state is ``[base state | victims' actions at t, one-hot [A, nA] (the adversary's row
-    zero) | every agent's legal actions [A, nA] | victims visible to the adversary [A]]``,
+    The state is ``[base state | victims' actions at t [A, nA] (one-hot, or the action
+    vectors when ``continuous``; the adversary's row zero) | every agent's legal actions
+    [A, nA] (all ones for continuous actions) | victims visible to the adversary [A]]``,
     where ``A`` counts the whole team, the adversary's slot included.
     """
 
@@ -108,6 +109,7 @@ class AttackLayout:
     num_agents: int
     num_actions: int
     slot: int
+    continuous: bool = False
 
     @property
     def state_dim(self) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from marl.errors import ConfigError, unknown
+from marl.errors import ConfigError, MarlError, unknown
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,8 @@ def make_array_env(name: str, *, agent_id: bool = True, **kwargs: Any):
         _check_kwargs(e, kwargs)
         try:
             return e.array_build(agent_id=agent_id, **kwargs)
+        except MarlError:  # already one clear line (an attack's victims, say)
+            raise
         except (AssertionError, ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"cannot build {name} with {kwargs}: {err}") from err
     return JaxArrayEnv(make(name, **kwargs), agent_id=agent_id, win=e.win, alive=e.alive, name=name)

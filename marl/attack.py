@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from marl.errors import ConfigError
+from marl.errors import ConfigError, first_line
 
 # name -> (the attacker's algorithm or None (no training), environment mode, algo overrides)
 ATTACK_MODES = ("adversary", "random", "clean")
@@ -88,7 +88,9 @@ def victim_config(victims: str | Path) -> DictConfig:
             f"victims={victims}: its config is not a training config: {err}"
         ) from None
     except Exception as err:  # a garbled YAML file
-        raise ConfigError(f"victims={victims}: config.yaml cannot be read: {err}") from None
+        raise ConfigError(
+            f"victims={victims}: config.yaml cannot be read: {first_line(err)}"
+        ) from None
     if cfg.env.name == "attack":
         raise ConfigError(f"victims={victims} is an attack run; give the team's training run")
     if cfg.env.kind != "jax":
@@ -121,10 +123,9 @@ def load_victims(
         )
     trainer = Trainer(cfg, None)
     spec = trainer.spec
-    if spec.action_type != "discrete" or spec.turn_based:
+    if spec.turn_based:
         raise ConfigError(
-            f"victims={victims}: {spec.name} is not a simultaneous discrete-action game; "
-            "attacks need one"
+            f"victims={victims}: {spec.name} is turn-based; attacks need simultaneous moves"
         )
     if spec.heterogeneous or spec.games:
         raise ConfigError(
@@ -180,20 +181,27 @@ class AttackEnv:
         if mode not in ATTACK_MODES:
             raise ConfigError(f"attack mode {mode!r} is not one of {', '.join(ATTACK_MODES)}")
         self.base, self.victims, self.slot, self.mode = base, victims, slot, mode
-        self.layout = AttackLayout(bs.state_dim, A, bs.num_actions, slot)
+        self.discrete = bs.action_type == "discrete"
+        self.layout = AttackLayout(bs.state_dim, A, bs.num_actions, slot, not self.discrete)
         self.smax = bs.name.startswith("smax/")
+        bounds = {}
+        if not self.discrete:
+            bounds = {"action_low": (bs.action_low[slot],), "action_high": (bs.action_high[slot],)}
+            self._low = np.asarray(bs.action_low[slot], np.float32)
+            self._high = np.asarray(bs.action_high[slot], np.float32)
         self.spec = EnvSpec(
             name=f"attack[{bs.name}]",
             agents=(bs.agents[slot],),
             obs_sizes=(bs.obs_dim,),  # the slot's observation as the victims' policy sees it
             agent_id=False,
-            action_type="discrete",
+            action_type=bs.action_type,
             action_sizes=(bs.num_actions,),
             state_dim=self.layout.state_dim,
             state_source="env",
             max_steps=bs.max_steps,
             has_win=bs.has_win,
             attack=self.layout,
+            **bounds,
         )
 
     # ------------------------------------------------------------------ the view
@@ -209,7 +217,11 @@ class AttackEnv:
         n_v = victims.sum()
         team_reward = (ts.reward * victims).sum(-1) / n_v
         team_return = (ts.episode_return * victims).sum(-1) / n_v
-        onehot = jax.nn.one_hot(actions, L.num_actions) * victims[:, None]
+        if self.discrete:
+            acts = jax.nn.one_hot(actions, L.num_actions) * victims[:, None]
+        else:  # the action vectors, clipped to the bounds as the environment plays them
+            low, high = self.base._low, self.base._high  # noqa: SLF001
+            acts = jnp.clip(actions, low, high) * victims[:, None]
         if self.smax:
             visible = _smax_visible(self.base, state, s)
         else:
@@ -218,7 +230,7 @@ class AttackEnv:
         full = jnp.concatenate(
             [
                 ts.state,
-                onehot.reshape(E, -1),
+                acts.reshape(E, -1),
                 ts.avail_actions.reshape(E, -1).astype(jnp.float32),
                 visible,
             ],
@@ -264,7 +276,7 @@ class AttackEnv:
         s = self.slot
         adv = action[:, 0]
         if self.mode == "random":
-            adv = self.base.random_actions(k_rand, state.ts.avail_actions[:, s])
+            adv = self.random_actions(k_rand, state.ts.avail_actions[:, s : s + 1])[:, 0]
         elif self.mode == "clean":
             adv = state.actions[:, s]
         joint = state.actions.at[:, s].set(adv)
@@ -273,7 +285,13 @@ class AttackEnv:
         return AttackState(base, ts, hidden, actions), self._view(ts, base, actions)
 
     def random_actions(self, key: Any, avail_actions: Any) -> Any:
-        return self.base.random_actions(key, avail_actions)
+        """Uniform legal actions of the adversary's slot, ``avail_actions [..., 1, nA]``."""
+        if self.discrete:
+            return self.base.random_actions(key, avail_actions)
+        import jax
+
+        u = jax.random.uniform(key, avail_actions.shape)
+        return self._low + u * (self._high - self._low)
 
 
 def make_attack_env(
@@ -306,6 +324,7 @@ class AttackPlan:
     train: DictConfig
     victims_cfg: DictConfig
     overrides: list[str]  # the overrides that compose ``train``
+    victim_step: int  # the victims' checkpoint, pinned (the newest when the attack started)
 
 
 def _split(overrides: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -365,11 +384,19 @@ def plan_attack(overrides: list[str]) -> AttackPlan:
     victims = str(Path(acfg.victims).resolve())
     vcfg = victim_config(acfg.victims)
     _check_expected_env(env_over, vcfg, acfg.victims)
+    step = acfg.victim_step
+    if step is None:  # pinned: a team still training must not change under the attack
+        from marl.checkpoint import Checkpointer
+
+        with Checkpointer(Path(victims) / "checkpoints", read_only=True) as ckpt:
+            step = ckpt.latest_step()
+        if step is None:
+            raise ConfigError(f"victims={acfg.victims}: the run has no checkpoints")
     group = vcfg.logger.wandb.group or experiment_name(vcfg)
     kw = {
         "victims": victims,
         "slot": acfg.adversary_slot,
-        "step": acfg.victim_step,
+        "step": step,
         "seed": acfg.victim_seed,
         "greedy": acfg.victim_greedy,
         "mode": acfg.attack.mode,
@@ -386,7 +413,7 @@ def plan_attack(overrides: list[str]) -> AttackPlan:
         f"experiment=attack-{experiment_name(vcfg)}",
         *rest,
     ]
-    return AttackPlan(acfg, compose(train_over), vcfg, train_over)
+    return AttackPlan(acfg, compose(train_over), vcfg, train_over, int(step))
 
 
 def run_attack(overrides: list[str]) -> Path:
@@ -426,7 +453,7 @@ def run_attack(overrides: list[str]) -> Path:
         "victims_algo": plan.victims_cfg.algo.name,
         "adversary_slot": a.adversary_slot,
         "victim_seed": a.victim_seed,
-        "victim_step": a.victim_step,
+        "victim_step": plan.victim_step,
         "victim_greedy": a.victim_greedy,
     }
     (run_dir / "attack.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -492,7 +519,7 @@ def report_evaluation(run_dir: Path) -> dict[str, Any]:
             "best_params": params,
             "best_score": jnp.zeros((trainer.S,), jnp.float32),
         }
-        with Checkpointer(run_dir / "checkpoints") as ckpt:
+        with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
             state, _ = ckpt.restore(template)
         params = state["best_params"]
     n = cfg.eval.episodes * cfg.eval.absolute_factor
@@ -531,22 +558,31 @@ def _ci(per_seed: list[list[float]]) -> tuple[float, float, float]:
     return iv.point, iv.low, iv.high
 
 
+# what makes two attack runs attacks on the same team, the same way
+TEAM_KEYS = ("victims", "victim_step", "victim_seed", "adversary_slot", "victim_greedy")
+
+
+def _team_key(r: dict) -> tuple:
+    return tuple(r[k] for k in TEAM_KEYS)
+
+
 def attack_report(run_dirs: list[str | Path]) -> dict[str, Any]:
-    """One row per (victims, attack) over the attack runs' ``attack_eval.json``: the victims'
+    """One row per attacked team (victims' run, checkpoint, seed, adversary slot, greedy or
+    sampling victims) and attack over the attack runs' ``attack_eval.json``: the victims'
     win rate and team return with 95% intervals, the adversary's return and the drop
-    against the clean team (``attack=none``) of the same victims."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    against the clean team (``attack=none``) of the same team."""
+    groups: dict[tuple, list[dict]] = {}
     for d in run_dirs:
         path = Path(d) / "attack_eval.json"
         if not path.is_file():
             raise ConfigError(f"{d} is not an evaluated attack run (no attack_eval.json)")
         r = json.loads(path.read_text())
-        groups.setdefault((r["victims"], r["attack"]), []).append(r)
+        groups.setdefault((*_team_key(r), r["attack"]), []).append(r)
     rows = []
-    for (victims, attack), runs in groups.items():
+    for (*team_key, attack), runs in groups.items():
         team = [ep for r in runs for ep in r["team_return"]]
         row: dict[str, Any] = {
-            "victims": victims,
+            **dict(zip(TEAM_KEYS, team_key, strict=True)),
             "victims_env": runs[0]["victims_env"],
             "attack": attack,
             "runs": len(runs),
@@ -560,18 +596,24 @@ def attack_report(run_dirs: list[str | Path]) -> dict[str, Any]:
             wins = [ep for r in runs for ep in r["won"]]
             row["win_rate"], row["win_rate_low"], row["win_rate_high"] = _ci(wins)
         rows.append(row)
-    clean = {r["victims"]: r for r in rows if r["attack"] == "none"}
+    clean = {_team_key(r): r for r in rows if r["attack"] == "none"}
     for r in rows:
-        c = clean.get(r["victims"])
+        c = clean.get(_team_key(r))
         if c is not None:
             r["team_return_drop"] = c["team_return"] - r["team_return"]
             if "win_rate" in r:
                 r["win_rate_drop"] = c["win_rate"] - r["win_rate"]
     order = {"none": 0, "random": 1, "gleave": 2, "ami": 3}
-    rows.sort(
-        key=lambda r: (r["victims_env"], r["victims"], order.get(r["attack"], 9), r["attack"])
-    )
+    rows.sort(key=lambda r: (r["victims_env"], *map(str, _team_key(r)), order.get(r["attack"], 9)))
     return {"rows": rows}
+
+
+def _team_label(r: dict) -> str:
+    greedy = ", greedy" if r["victim_greedy"] else ""
+    return (
+        f"{r['victims_env']} ({Path(r['victims']).name} step {r['victim_step']}, "
+        f"slot {r['adversary_slot']}{greedy})"
+    )
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -593,7 +635,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             else "-"
         )
         lines.append(
-            f"| {r['victims_env']} ({Path(r['victims']).name}) | {r['attack']} | {win} | "
+            f"| {_team_label(r)} | {r['attack']} | {win} | "
             f"{r['team_return']:.3f} [{r['team_return_low']:.3f}, {r['team_return_high']:.3f}]"
             f" | {drop} | {r['adversary_return']:.3f} | {r['seeds']} x "
             f"{r['episodes'] // max(r['seeds'], 1)} |"
@@ -609,10 +651,10 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    teams = list(dict.fromkeys((r["victims_env"], r["victims"]) for r in report["rows"]))
+    teams = list(dict.fromkeys(_team_key(r) for r in report["rows"]))
     fig, axes = plt.subplots(1, len(teams), figsize=(4 * len(teams), 3.2), squeeze=False)
     for ax, team in zip(axes[0], teams, strict=True):
-        rows = [r for r in report["rows"] if (r["victims_env"], r["victims"]) == team]
+        rows = [r for r in report["rows"] if _team_key(r) == team]
         key = "win_rate" if all("win_rate" in r for r in rows) else "team_return"
         y = np.array([r[key] for r in rows])
         err = np.array(
@@ -621,7 +663,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
         ax.bar(range(len(rows)), y, yerr=err, capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(rows)), [r["attack"] for r in rows], rotation=30)
         ax.set_ylabel(f"victims' {key.replace('_', ' ')}")
-        ax.set_title(f"{team[0]} ({Path(team[1]).name})", fontsize=9)
+        ax.set_title(_team_label(rows[0]), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -130,15 +130,20 @@ class _Corrupt(Exception):
 class Checkpointer:
     """Saves and restores the training state in ``directory``, one subdirectory per step.
 
-    Keeps the newest ``max_to_keep`` checkpoints (``None`` keeps all). Use as a context
-    manager or call :meth:`close`.
+    Keeps the newest ``max_to_keep`` checkpoints (``None`` keeps all). ``read_only`` opens
+    another run's checkpoints (evaluation, an attack's victims) without touching them: no
+    save, no pruning, and the leftovers of a save in progress are left alone (the run may
+    still be training). Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, directory: Path | str, max_to_keep: int | None = 3) -> None:
+    def __init__(
+        self, directory: Path | str, max_to_keep: int | None = 3, *, read_only: bool = False
+    ) -> None:
         if max_to_keep is not None and max_to_keep < 1:
             raise CheckpointError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = Path(directory).expanduser().absolute()
-        self.max_to_keep = max_to_keep
+        self.read_only = read_only
+        self.max_to_keep = None if read_only else max_to_keep
         self._manager: ocp.CheckpointManager | None = None
         self._closed = False
 
@@ -151,7 +156,8 @@ class Checkpointer:
                 max_to_keep=self.max_to_keep,
                 enable_async_checkpointing=False,  # blocking saves: finalized on return
                 create=False,
-                cleanup_tmp_directories=True,  # remove leftovers of a killed save
+                # remove leftovers of a killed save (not in another run's directory)
+                cleanup_tmp_directories=not self.read_only,
             )
             try:
                 self._manager = ocp.CheckpointManager(
@@ -190,6 +196,8 @@ class Checkpointer:
         Blocking and atomic. Checkpoints at ``step`` or later already in the directory (from
         a run that is being resumed from an earlier step) are replaced.
         """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} is opened read-only")
         step = int(step)
         if step < 0:
             raise CheckpointError(f"checkpoint step must be >= 0, got {step}")

@@ -74,7 +74,8 @@ class LatentSchema:
 class InfluenceSchema:
     """AMI's attacker learners and influence reward (``marl.agents.ami.InfluenceConfig``)."""
 
-    coef: float = 0.1  # lambda: weight of the influence term in the shaped reward
+    # lambda, the weight of the influence term: None = 0.1 (discrete), 1.0 (continuous)
+    coef: float | None = None
     samples: int = 10  # K adversary actions sampled from its policy per step
     target: str = "oracle"  # oracle (targeted AMI) | none (untargeted ablation)
     marginal: str = "policy"  # policy (unilateral) | realised (bilateral ablation)

@@ -29,7 +29,7 @@ def _restore_params(trainer, run_dir: Path, step: int | None):
         "best_params": runner.train.params,
         "best_score": jnp.zeros((trainer.S,), jnp.float32),
     }
-    with Checkpointer(run_dir / "checkpoints") as ckpt:
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         state, meta = ckpt.restore(template, step=step)
     return state["runner"].train.params, meta
 

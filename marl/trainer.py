@@ -247,12 +247,13 @@ class Trainer:
         # XLA:CPU (jax 0.10.2). The nested jit traces `policy.init` once for all seeds.
         init_params = jax.jit(self.policy.init)
         params = jax.tree.map(lambda *x: jnp.stack(x), *[init_params(keys[s, 0]) for s in range(S)])
+        aux = None  # a policy's own learners (AMI's): seed by seed too (vmapped, it hangs)
+        if hasattr(self.policy, "init_aux"):
+            init_aux = jax.jit(self.policy.init_aux)
+            aux = jax.tree.map(lambda *x: jnp.stack(x), *[init_aux(keys[s, 1]) for s in range(S)])
 
-        def init(key, params):
+        def init(key, params, aux):
             _, k_env, k_run = jax.random.split(key, 3)
-            aux = None
-            if hasattr(self.policy, "init_aux"):
-                aux = self.policy.init_aux(jax.random.fold_in(key, 17))
             train = TrainState(params, self.optimizer.init(params), ValueNorm.create(), aux=aux)
             if self.kind == "jax":
                 env_state, ts = self.env.reset_batch(k_env, E)
@@ -262,7 +263,7 @@ class Trainer:
                 train, env_state, ts, self.policy.initial_hidden(E), jnp.ones((E,), bool), k_run
             )
 
-        return jax.vmap(init)(seed_keys, params), jax.random.fold_in(root, 7919)
+        return jax.vmap(init)(seed_keys, params, aux), jax.random.fold_in(root, 7919)
 
     def init_runner(self) -> Runner:
         """Fresh training state, ``[S, ...]``; also sets :attr:`eval_key`."""

@@ -2,8 +2,9 @@
 team's win rate (SMAX) or return (MPE) more than Gleave et al.'s attack, and both more than
 a random agent in the same slot.
 
-For each task it trains a MAPPO victim team (presets ``ami_victims_smax`` /
-``ami_victims_mpe``; SMAX with one extra ally, so the adversary takes the extra unit), then
+For each task (4 marines vs 3, 6 vs 5, MPE spread with discrete and with continuous actions)
+it trains a MAPPO victim team (presets ``ami_victims_smax`` / ``ami_victims_mpe``; SMAX with
+one extra ally, so the adversary takes the extra unit), then
 runs every attack on slot 0 through ``marl attack`` with several seeds vmapped in one
 program: ``none`` (the clean team), ``random``, ``gleave`` (PPO on the negated team reward),
 ``ami``, and the ablations ``ami_untargeted`` (no oracle) and ``ami_bilateral`` (the
@@ -41,12 +42,19 @@ TASKS = {
     "4m_vs_3m": ["preset=ami_victims_smax", "env.kwargs.N=4", "env.kwargs.M=3"],
     "6m_vs_5m": ["preset=ami_victims_smax", "env.kwargs.N=6", "env.kwargs.M=5"],
     "spread": ["preset=ami_victims_mpe"],
+    # the continuous form of AMI (Gaussian victim model and oracle, density influence)
+    "spread_continuous": ["preset=ami_victims_mpe", "env.kwargs.continuous=true"],
 }
 ATTACKS = ["none", "random", "gleave", "ami", "ami_untargeted", "ami_bilateral"]
 BUDGETS = {
     "small": {
         "tasks": list(TASKS),
-        "victim_steps": {"4m_vs_3m": 300_000, "6m_vs_5m": 1_000_000, "spread": 2_000_000},
+        "victim_steps": {
+            "4m_vs_3m": 300_000,
+            "6m_vs_5m": 1_000_000,
+            "spread": 2_000_000,
+            "spread_continuous": 2_000_000,
+        },
         "attack_steps": 1_000_000,
         "seeds": 3,
         "num_envs": 64,
@@ -54,7 +62,12 @@ BUDGETS = {
     },
     "paper": {
         "tasks": list(TASKS),
-        "victim_steps": {"4m_vs_3m": 2_000_000, "6m_vs_5m": 5_000_000, "spread": 5_000_000},
+        "victim_steps": {
+            "4m_vs_3m": 2_000_000,
+            "6m_vs_5m": 5_000_000,
+            "spread": 5_000_000,
+            "spread_continuous": 10_000_000,
+        },
         "attack_steps": 5_000_000,
         "seeds": 5,
         "num_envs": 128,
