@@ -117,6 +117,7 @@ def _ami(algo: Any, spec: EnvSpec, total_updates: int):
             int(inf.epochs),
             float(inf.max_grad_norm),
             bool(inf.standardise),
+            bool(inf.standardise_mean),
         ),
         ppo_config(algo),
     )

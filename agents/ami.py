@@ -65,6 +65,7 @@ class InfluenceConfig:
     epochs: int = 4
     max_grad_norm: float = 10.0
     standardise: bool = True
+    standardise_mean: bool = True  # False: divide by the running std only
 
 
 class Head(nn.Module):
@@ -312,7 +313,8 @@ class AMIPolicy:
         stats = aux["reward"]
         if cfg.standardise:
             stats = RewardStats.update(stats, shaped)
-            reward = (shaped - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-8)
+            centre = stats["mean"] if cfg.standardise_mean else 0.0
+            reward = (shaped - centre) / jnp.sqrt(stats["var"] + 1e-8)
         else:
             reward = shaped
 

@@ -629,11 +629,10 @@ def report_markdown(report: dict[str, Any]) -> str:
             if "win_rate" in r
             else "-"
         )
-        drop = (
-            f"{r.get('win_rate_drop', float('nan')):+.3f} / {r['team_return_drop']:+.3f}"
-            if "team_return_drop" in r
-            else "-"
-        )
+        drop = "-"
+        if "team_return_drop" in r:
+            win_drop = f"{r['win_rate_drop']:+.3f}" if "win_rate_drop" in r else "-"
+            drop = f"{win_drop} / {r['team_return_drop']:+.3f}"
         lines.append(
             f"| {_team_label(r)} | {r['attack']} | {win} | "
             f"{r['team_return']:.3f} [{r['team_return_low']:.3f}, {r['team_return_high']:.3f}]"

@@ -84,6 +84,9 @@ class InfluenceSchema:
     epochs: int = 4  # passes over each rollout of the victim model and of the oracle
     max_grad_norm: float = 10.0
     standardise: bool = True  # the shaped reward, with running mean and variance
+    # standardise subtracts the running mean too (the reference); false: divide by the
+    # running standard deviation only (a mean shift rewards longer or shorter episodes)
+    standardise_mean: bool = True
 
 
 @dataclass
@@ -407,8 +410,12 @@ def _compose(name: str, overrides: list[str] | None) -> DictConfig:
     from hydra.errors import HydraException
 
     schema = _SCHEMAS[name]
-    # env.kwargs is free-form (the environment validates it): add or override its keys.
-    overrides = [f"++{o}" if o.startswith("env.kwargs.") else o for o in overrides or []]
+    # env.kwargs is free-form (the environment validates it): add or override its keys;
+    # algo.influence keys a config file leaves at the schema's default, likewise (the
+    # schema still refuses unknown ones)
+    overrides = [
+        f"++{o}" if o.startswith(("env.kwargs.", "algo.influence.")) else o for o in overrides or []
+    ]
     overrides = [_integral(o, schema) for o in overrides]
     _check_groups(overrides)
     try:

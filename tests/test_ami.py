@@ -298,6 +298,14 @@ def test_shaped_reward_episode_ends_and_reward_statistics():
     _, acts_next, _, _ = LAYOUT.split(traj.inp.state[6])
     np.testing.assert_array_equal(b["next"][5], np.argmax(acts_next, -1))
     assert 0.5 - 4.0 <= float(reward.min()) and float(reward.max()) <= 0.5
+    # standardised: minus the running mean (the reference) or scaled only; same spread
+    out = {}
+    for centre in ("true", "false"):
+        p = _ami(coef=1.0, standardise_mean=centre)
+        out[centre] = np.asarray(p.prepare(params, aux, traj, last, key)[1])
+    shift = out["false"] - out["true"]
+    assert abs(float(out["true"].mean())) < 0.01 and float(shift.mean()) < -0.5
+    np.testing.assert_allclose(shift, shift.mean(), atol=1e-4)
     stats = RewardStats.create()
     xs = [np.random.default_rng(i).normal(i, 1 + i, (7, 3)).astype(np.float32) for i in range(3)]
     for x in xs:
