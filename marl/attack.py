@@ -662,7 +662,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
         ax.bar(range(len(rows)), y, yerr=err, capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(rows)), [r["attack"] for r in rows], rotation=30)
         ax.set_ylabel(f"victims' {key.replace('_', ' ')}")
-        ax.set_title(_team_label(rows[0]), fontsize=9)
+        ax.set_title(_team_label(rows[0]).replace(" (", "\n("), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
