@@ -37,8 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from marl.errors import ConfigError, first_line
 
-# name -> (the attacker's algorithm or None (no training), environment mode, algo overrides)
+# who plays the adversary's slot: the attacker, uniform legal actions, the team's own policy
 ATTACK_MODES = ("adversary", "random", "clean")
+# `marl attack` keys of the attack config (configs/attack_run.yaml); the rest is training's
 VICTIM_KEYS = ("victims", "adversary_slot", "victim_step", "victim_seed", "victim_greedy")
 
 
