@@ -462,7 +462,8 @@ def run_attack(overrides: list[str]) -> Path:
         if a.attack.algo is not None:
             train(cfg, run_dir=run_dir)
         else:
-            _evaluate_only(cfg, run_dir)
+            _evaluate_only(cfg, run_dir)  # the evaluation is the attack
+            return run_dir
     except ConfigError:
         if not any(p.name != "attack.json" for p in run_dir.iterdir()):
             (run_dir / "attack.json").unlink()
@@ -473,23 +474,20 @@ def run_attack(overrides: list[str]) -> Path:
 
 
 def _evaluate_only(cfg: DictConfig, run_dir: Path) -> None:
-    """An attack without an attacker to train (``random``, ``none``): the run directory, the
-    W&B run and ``final.json`` of an evaluation, as a trained attack writes them."""
-    import jax
-
+    """An attack without an attacker to train (``random``, ``none``): its evaluation
+    (:func:`report_evaluation`) also makes the run directory's ``final.json`` and W&B run, as
+    a trained attack writes them."""
     from marl.config import to_dict
     from marl.runlog import RunLogger
     from marl.trainer import Trainer, eval_rows
 
     trainer = Trainer(cfg, run_dir)
-    runner = trainer.init_runner()
     wb = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
     with RunLogger(run_dir, to_dict(cfg), trainer.S, wandb=wb) as logger:
-        n = cfg.eval.episodes * cfg.eval.absolute_factor
-        ret, length, won = trainer.evaluate(
-            runner.train.params, jax.random.fold_in(trainer.eval_key, 10**6), n
-        )
-        rows = eval_rows(ret, length, won, 0, 0, trainer.spec.has_win)
+        res = report_evaluation(run_dir, trainer)
+        ret = -np.asarray(res["team_return"])  # the adversary's return
+        won = np.asarray(res["won"] if res["won"] is not None else np.zeros_like(ret))
+        rows = eval_rows(ret, np.asarray(res["length"]), won, 0, 0, trainer.spec.has_win)
         logger.log_eval(rows)
         absolute = [
             {k: r[k] for k in r if k.startswith("eval/") or k in ("seed", "episodes")} for r in rows
@@ -497,32 +495,25 @@ def _evaluate_only(cfg: DictConfig, run_dir: Path) -> None:
         logger.write_final({"absolute": absolute, "final": rows, "env_steps": 0, "updates": 0})
 
 
-def report_evaluation(run_dir: Path) -> dict[str, Any]:
+def report_evaluation(run_dir: Path, trainer: Any = None) -> dict[str, Any]:
     """Evaluate the attack run's best adversary (``eval.episodes x eval.absolute_factor``
     episodes per seed, the victims sampling their actions unless ``victim_greedy``) and keep
     every episode's team return and win in ``<run>/attack_eval.json`` for ``marl
-    attack-eval``."""
+    attack-eval``. ``trainer``: the run's, when the caller has built it."""
     import jax
-    import jax.numpy as jnp
 
-    from marl.checkpoint import Checkpointer
     from marl.config import validate
+    from marl.evaluate import _restore_params
     from marl.trainer import Trainer
 
-    cfg = validate(OmegaConf.load(run_dir / "config.yaml"))
     meta = json.loads((run_dir / "attack.json").read_text())
-    trainer = Trainer(cfg, run_dir)
-    runner = trainer.init_runner()
-    params = runner.train.params
+    if trainer is None:
+        trainer = Trainer(validate(OmegaConf.load(run_dir / "config.yaml")), run_dir)
+    cfg = trainer.cfg
     if meta["algo"] is not None:
-        template = {
-            "runner": runner,
-            "best_params": params,
-            "best_score": jnp.zeros((trainer.S,), jnp.float32),
-        }
-        with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
-            state, _ = ckpt.restore(template)
-        params = state["best_params"]
+        params, _ = _restore_params(trainer, run_dir, None, best=True)
+    else:  # nothing trained: the adversary's actions are not played
+        params = trainer.init_runner().train.params
     n = cfg.eval.episodes * cfg.eval.absolute_factor
     t0 = time.perf_counter()
     ret, length, won = trainer.evaluate(

@@ -18,7 +18,9 @@ from marl.config import compose, validate
 from marl.errors import ConfigError, MarlError
 
 
-def _restore_params(trainer, run_dir: Path, step: int | None):
+def _restore_params(trainer, run_dir: Path, step: int | None, best: bool = False):
+    """``(params [S, ...], meta)`` of a run's checkpoint (the last, or ``step``): the
+    training state's parameters, or with ``best`` the best evaluated ones."""
     from marl.checkpoint import Checkpointer
 
     runner = trainer.init_runner()
@@ -31,7 +33,7 @@ def _restore_params(trainer, run_dir: Path, step: int | None):
     }
     with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         state, meta = ckpt.restore(template, step=step)
-    return state["runner"].train.params, meta
+    return (state["best_params"] if best else state["runner"].train.params), meta
 
 
 ADAPT_KEYS = {"adapt": str, "adapt_steps": int, "adapt_episodes": int, "adapt_lr": float}
